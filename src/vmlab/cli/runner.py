@@ -1,0 +1,57 @@
+"""The one place that turns async work into an exit status (house rule 4).
+
+SIGINT and SIGTERM cancel the work, so every `finally` and `async with`
+below runs (QEMU stopped, runtime directories removed); vmlab then exits
+130 or 143. Errors become one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import Coroutine
+from typing import Any
+
+from vmlab.errors import ExitCode, VmlabError
+
+_SIGNAL_EXIT = {signal.SIGINT: ExitCode.INTERRUPTED, signal.SIGTERM: ExitCode.TERMINATED}
+_SIGNAL_WORD = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}
+
+
+def error_line(message: str) -> None:
+    print(f"vmlab: {message}", file=sys.stderr, flush=True)
+
+
+def run_async(work: Coroutine[Any, Any, int], *, verbose: bool = False) -> int:
+    """Run `work` to an exit status, turning signals and VmlabErrors into codes."""
+    received: list[signal.Signals] = []
+
+    async def main() -> int:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+
+        def on_signal(sig: signal.Signals) -> None:
+            received.append(sig)
+            task.cancel()
+
+        for sig in _SIGNAL_EXIT:
+            loop.add_signal_handler(sig, on_signal, sig)
+        try:
+            return await work
+        finally:
+            for sig in _SIGNAL_EXIT:
+                loop.remove_signal_handler(sig)
+
+    try:
+        return asyncio.run(main())
+    except VmlabError as exc:
+        error_line(exc.message)
+        if verbose and exc.details:
+            print(exc.details, file=sys.stderr)
+        return int(exc.exit_code)
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        sig = received[0] if received else signal.SIGINT
+        error_line(f"{_SIGNAL_WORD[sig]}; the VM was stopped and its files removed")
+        return int(_SIGNAL_EXIT[sig])

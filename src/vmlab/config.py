@@ -1,0 +1,344 @@
+"""The lab file (`vmlab.toml`): load it, check it, and resolve it into frozen specs.
+
+`load_lab(path)` is the entry. It reads TOML (`vmlab.config_toml`), checks the
+shape with pydantic (`vmlab.config_schema`), then checks the meaning here (machines
+that exist, files that exist, capabilities that someone provides, no capability
+cycles) and returns a `Lab` of the frozen specs in `vmlab.config_specs`, which this
+module re-exports: import them from here. Every mistake is one
+`ConfigError` line, `FILE:LINE: dotted.key: what is wrong (hint)`. The keys are
+documented in docs/lab-file.md.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import os
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import Literal, NoReturn
+
+from pydantic import ValidationError
+
+from vmlab.config_schema import LabFileModel, MachineModel, ShareModel, SuiteModel, TestModel
+from vmlab.config_schema import explain as _explain
+from vmlab.config_specs import (
+    DEFAULT_MACHINE,
+    DEFAULT_TIMEOUT_S,
+    LAB_FILE,
+    Lab,
+    MachineConfig,
+    Safety,
+    SuiteSpec,
+    TestFormat,
+    TestSpec,
+    capability_cycle,
+    dependency_graph,
+    format_cycle,
+)
+from vmlab.config_toml import KeyIndex, KeyPath, dotted, parse_toml
+from vmlab.errors import ConfigError, UsageError
+from vmlab.machine.spec import Accel, MachineSpec, Share
+
+__all__ = [
+    "DEFAULT_MACHINE",
+    "DEFAULT_TIMEOUT_S",
+    "LAB_FILE",
+    "Lab",
+    "MachineConfig",
+    "Safety",
+    "SuiteSpec",
+    "TestFormat",
+    "TestSpec",
+    "capability_cycle",
+    "dependency_graph",
+    "format_cycle",
+    "load_lab",
+]
+
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+_CAPABILITY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:/+-]*")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_MODULE = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def load_lab(path: Path) -> Lab:
+    """Read, check and resolve a lab file (or the `vmlab.toml` in a directory)."""
+    file = path / LAB_FILE if path.is_dir() else path
+    display = str(file)
+    try:
+        raw = file.read_bytes()
+    except FileNotFoundError:
+        raise UsageError(f"{display}: no such lab file (see docs/lab-file.md)") from None
+    except OSError as exc:
+        raise UsageError(f"{display}: cannot read the lab file: {exc.strerror}") from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"{display}:{line}: not UTF-8 text (save it as UTF-8)") from None
+    data = parse_toml(text, display)
+    index = KeyIndex(text)
+    try:
+        model = LabFileModel.model_validate(data)
+    except ValidationError as exc:
+        # all of them, in the file's order: the first is the message, all are details
+        errors = sorted(exc.errors(), key=lambda error: index.line_of(error["loc"]))
+        lines = [
+            f"{display}:{index.line_of(e['loc'])}: {dotted(e['loc'])}: {_explain(e)}"
+            for e in errors
+        ]
+        raise ConfigError(lines[0], details="\n".join(lines)) from None
+    resolver = _Resolver(Path(os.path.abspath(file)), display, index)
+    return resolver.lab(model, hashlib.sha256(raw).hexdigest())
+
+
+class _Resolver:
+    """Checks a validated model's meaning and builds the frozen specs."""
+
+    def __init__(self, file: Path, display: str, index: KeyIndex) -> None:
+        self.file = file
+        self.root = file.parent
+        self.display = display
+        self.index = index
+        self.origin: dict[str, tuple[str, int]] = {}  # test id -> (suite, index)
+
+    def fail(self, at: KeyPath, problem: str) -> NoReturn:
+        raise ConfigError(f"{self.where(at)}: {dotted(at)}: {problem}")
+
+    def where(self, at: KeyPath) -> str:
+        return f"{self.display}:{self.index.line_of(at)}"
+
+    def lab(self, model: LabFileModel, sha256: str) -> Lab:
+        machines = self.machines(model.machine)
+        default = model.lab.defaults.machine
+        if default is not None and default not in machines:
+            self.fail(("lab", "defaults", "machine"), _no_such("machine", default, machines))
+        provided = {cap for suite in model.suite.values() for cap in suite.provides}
+        provided |= {c for s in model.suite.values() for t in s.test for c in t.provides}
+        suites = tuple(
+            self.suite(name, suite, model, machines, provided)
+            for name, suite in model.suite.items()
+        )
+        lab = Lab(
+            path=self.file,
+            name=model.lab.name or self.root.name,
+            description=model.lab.description,
+            machines=MappingProxyType(machines),
+            suites=suites,
+            sha256=sha256,
+        )
+        self.check_cycles(lab, model)
+        return lab
+
+    def machines(self, models: Mapping[str, MachineModel]) -> dict[str, MachineConfig]:
+        if not models:
+            spec = MachineSpec(name=DEFAULT_MACHINE)
+            return {DEFAULT_MACHINE: MachineConfig(DEFAULT_MACHINE, spec, where=self.display)}
+        return {name: self.machine(name, model) for name, model in models.items()}
+
+    def machine(self, name: str, model: MachineModel) -> MachineConfig:
+        at: KeyPath = ("machine", name)
+        self.check_name(name, at, "machine")
+        for i, module in enumerate(model.modules_load):
+            if not _MODULE.fullmatch(module):
+                self.fail((*at, "modules_load", i), f"{module!r} is not a module name")
+        for i, command in enumerate(model.setup):
+            if not command.strip():
+                self.fail((*at, "setup", i), "empty command")
+        spec = MachineSpec(
+            kernel=self.path(model.kernel, (*at, "kernel"), "file") if model.kernel else None,
+            modules=self.path(model.modules, (*at, "modules"), "dir") if model.modules else None,
+            memory_mib=model.memory,
+            cpus=model.cpus,
+            shares=tuple(self.share(s, (*at, "shares", i)) for i, s in enumerate(model.shares)),
+            append=tuple(model.append),
+            accel=Accel(model.accel),
+            boot_timeout=model.boot_timeout,
+            name=name,
+            env=self.env(model.env, (*at, "env")),
+        )
+        return MachineConfig(
+            name=name,
+            spec=spec,
+            setup=tuple(model.setup),
+            modules_load=tuple(model.modules_load),
+            description=model.description,
+            where=self.where(at),
+        )
+
+    def share(self, model: ShareModel, at: KeyPath) -> Share:
+        host = self.path(model.host, at, "dir")
+        guest = Path(model.guest) if model.guest else host
+        if not guest.is_absolute():
+            self.fail(at, f"guest path {model.guest!r} is not absolute (try /mnt/...)")
+        return Share(host=host, guest=guest, writable=model.rw)
+
+    def suite(
+        self,
+        name: str,
+        model: SuiteModel,
+        lab: LabFileModel,
+        machines: Mapping[str, MachineConfig],
+        provided: set[str],
+    ) -> SuiteSpec:
+        at: KeyPath = ("suite", name)
+        self.check_name(name, at, "suite")
+        machine = model.machine or lab.lab.defaults.machine
+        if model.machine is not None and model.machine not in machines:
+            self.fail((*at, "machine"), _no_such("machine", model.machine, machines))
+        if machine is None:
+            if len(machines) > 1:
+                self.fail(at, f"no machine (set machine = one of: {', '.join(machines)})")
+            machine = next(iter(machines))
+        if model.domain is not None and not model.domain.strip():
+            self.fail((*at, "domain"), "empty domain (leave it out to use the suite's name)")
+        self.check_caps(model.requires, (*at, "requires"), provided, f"suite {name}")
+        self.check_caps(model.provides, (*at, "provides"), None, "")
+        if not model.test:
+            self.fail(at, f"no tests (add a [[suite.{name}.test]] table)")
+        seen: dict[str, int] = {}
+        tests = []
+        for i, test in enumerate(model.test):
+            tests.append(
+                self.test(
+                    suite_name=name,
+                    suite=model,
+                    i=i,
+                    model=test,
+                    lab=lab,
+                    machine=machine,
+                    provided=provided,
+                    seen=seen,
+                )
+            )
+        return SuiteSpec(
+            name=name,
+            machine=machine,
+            tests=tuple(tests),
+            domain=model.domain or name,
+            level=model.level,
+            description=model.description,
+            requires=frozenset(model.requires),
+            provides=frozenset(model.provides),
+            where=self.where(at),
+        )
+
+    def test(
+        self,
+        *,
+        suite_name: str,
+        suite: SuiteModel,
+        i: int,
+        model: TestModel,
+        lab: LabFileModel,
+        machine: str,
+        provided: set[str],
+        seen: dict[str, int],
+    ) -> TestSpec:
+        at: KeyPath = ("suite", suite_name, "test", i)
+        self.check_name(model.name, (*at, "name"), "test")
+        if model.name in seen:
+            self.fail(
+                (*at, "name"),
+                f"duplicate test name {model.name!r} (also on line {seen[model.name]})",
+            )
+        seen[model.name] = self.index.line_of((*at, "name"))
+        if model.run is not None and model.pytest is not None:
+            self.fail((*at, "pytest"), "a test has run or pytest, not both")
+        if model.run is None and model.pytest is None:
+            self.fail(at, 'no run or pytest (run = "./check.sh" or pytest = "tests/test_x.py")')
+        if model.pytest is not None and model.format is not None:
+            self.fail((*at, "format"), "format is for run tests (pytest reports its own results)")
+        if model.run is not None and not model.run.strip():
+            self.fail((*at, "run"), "empty command")
+        test_id = f"{suite_name}/{model.name}"
+        self.check_caps(model.requires, (*at, "requires"), provided, test_id)
+        self.check_caps(model.provides, (*at, "provides"), None, "")
+        self.origin[test_id] = (suite_name, i)
+        if model.cwd is not None:
+            cwd = self.path(model.cwd, (*at, "cwd"), "dir")
+        elif suite.cwd is not None:
+            cwd = self.path(suite.cwd, ("suite", suite_name, "cwd"), "dir")
+        else:
+            cwd = self.root
+        defaults = lab.lab.defaults
+        suite_env = self.env(suite.env, ("suite", suite_name, "env"))
+        return TestSpec(
+            suite=suite_name,
+            name=model.name,
+            run=model.run,
+            format=TestFormat(model.format or "exit"),
+            pytest=self.path(model.pytest, (*at, "pytest"), "file") if model.pytest else None,
+            domain=suite.domain or suite_name,
+            machine=machine,
+            level=model.level or suite.level,
+            safety=Safety(model.safety or suite.safety or defaults.safety or "safe"),
+            timeout_s=model.timeout or suite.timeout or defaults.timeout or DEFAULT_TIMEOUT_S,
+            requires=frozenset(suite.requires) | frozenset(model.requires),
+            provides=frozenset(suite.provides) | frozenset(model.provides),
+            env=tuple({**dict(suite_env), **dict(self.env(model.env, (*at, "env")))}.items()),
+            cwd=cwd,
+            description=model.description,
+            where=self.where(at),
+        )
+
+    def check_cycles(self, lab: Lab, model: LabFileModel) -> None:
+        cycle = capability_cycle(dependency_graph(lab.tests))
+        if cycle is None:
+            return
+        first = next(t for t in lab.tests if t.test_id == cycle[0])
+        second = next(t for t in lab.tests if t.test_id == cycle[1])
+        capability = sorted(first.requires & second.provides)[0]
+        suite_name, i = self.origin[first.test_id]
+        suite = model.suite[suite_name]
+        test_requires = suite.test[i].requires
+        if capability in test_requires:
+            at: KeyPath = ("suite", suite_name, "test", i, "requires")
+            at = (*at, test_requires.index(capability))
+        else:
+            at = ("suite", suite_name, "requires", suite.requires.index(capability))
+        self.fail(at, format_cycle(cycle))
+
+    def check_caps(
+        self, names: list[str], at: KeyPath, provided: set[str] | None, needed_by: str
+    ) -> None:
+        for i, name in enumerate(names):
+            if not _CAPABILITY.fullmatch(name):
+                self.fail((*at, i), f"{name!r} is not a capability name (like 'tinyfs.loaded')")
+            if provided is not None and name not in provided:
+                close = difflib.get_close_matches(name, sorted(provided), n=1)
+                hint = (
+                    f"did you mean {close[0]!r}?"
+                    if close
+                    else f"add provides = [{name!r}] to the test or suite that sets it up"
+                )
+                self.fail((*at, i), f"nothing provides {name!r}, which {needed_by} needs ({hint})")
+
+    def check_name(self, name: str, at: KeyPath, what: str) -> None:
+        if not _NAME.fullmatch(name):
+            self.fail(at, f"{name!r} is not a valid {what} name (use letters, digits, _ - .)")
+
+    def env(self, env: Mapping[str, str], at: KeyPath) -> tuple[tuple[str, str], ...]:
+        for name in env:
+            if not _ENV_NAME.fullmatch(name):
+                self.fail((*at, name), f"{name!r} is not an environment variable name")
+        return tuple(env.items())
+
+    def path(self, value: str, at: KeyPath, kind: Literal["file", "dir"]) -> Path:
+        given = Path(value).expanduser()
+        path = Path(os.path.abspath(self.root / given))
+        if path.is_file() if kind == "file" else path.is_dir():
+            return path
+        what = "file" if kind == "file" else "directory"
+        relative = "" if given.is_absolute() else " (relative to the lab file's directory)"
+        self.fail(at, f"no such {what}: {path}{relative}")
+
+
+def _no_such(what: str, name: str, known: Iterable[str]) -> str:
+    known = sorted(known)
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(known)}"
+    return f"no {what} named {name!r} ({hint})"

@@ -1,0 +1,79 @@
+#!/bin/sh
+# vmlab guest init: PID 1 of the host-root initramfs (busybox sh).
+#
+# Loads the modules listed in /modules.order, mounts the host's root read-only
+# over 9p with a tmpfs overlay on top, reads the boot script the host sends on
+# the vmlab.ctl port (shares, hostname), then switches root and execs the agent.
+# Anything that goes wrong prints one `vmlab-init: ...` line on the console and
+# powers off, so the host reports a boot error with that line.
+export PATH=/bin
+BB=/bin/busybox
+
+fail() {
+	echo "vmlab-init: $*" >/dev/console
+	$BB poweroff -f
+	exit 1
+}
+
+$BB mount -t proc proc /proc
+$BB mount -t sysfs sysfs /sys
+$BB mount -t devtmpfs devtmpfs /dev
+
+case " $($BB cat /proc/cmdline) " in
+*" vmlab.probe=1 "*)
+	# The accel probe: proves that the guest runs, then powers off at once.
+	echo "vmlab-probe: ok" >/dev/console
+	$BB poweroff -f
+	;;
+esac
+
+while read -r module; do
+	$BB insmod "/lib/modules/$module" || fail "insmod $module failed"
+done </modules.order
+
+# Name the virtio-serial ports: /dev/vport0pN -> /dev/port.NAME. The ports
+# appear asynchronously after virtio_console loads.
+n=0
+while [ ! -e /sys/class/virtio-ports ] || [ "$($BB ls /sys/class/virtio-ports | $BB wc -l)" -lt 5 ]; do
+	n=$((n + 1))
+	[ $n -gt 5000 ] && fail "virtio-serial ports did not appear"
+	$BB usleep 1000
+done
+for port in /sys/class/virtio-ports/*; do
+	$BB ln -s "${port##*/}" "/dev/port.$($BB cat "$port/name")"
+done
+exec 3<>/dev/port.vmlab.ctl
+
+$BB mkdir -p /lower /rw /newroot
+$BB mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=512000 hostroot /lower ||
+	fail "cannot mount the host root over 9p"
+$BB mount -t tmpfs -o mode=0755 rw /rw
+$BB mkdir /rw/upper /rw/work
+$BB mount -t overlay -o lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work overlay /newroot ||
+	fail "cannot mount the overlay on the host root"
+
+# The host's own /proc, /sys, /dev, /run and /tmp show through 9p: cover them.
+for dir in proc sys dev; do
+	$BB mount --move "/$dir" "/newroot/$dir" || fail "cannot move /$dir"
+done
+$BB mount -t debugfs debugfs /newroot/sys/kernel/debug 2>/dev/null
+$BB mkdir -p /newroot/dev/pts /newroot/dev/shm
+$BB mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /newroot/dev/pts
+$BB mount -t tmpfs -o mode=1777 shm /newroot/dev/shm
+$BB mount -t tmpfs -o mode=0755 run /newroot/run
+$BB mount -t tmpfs -o mode=1777 tmp /newroot/tmp
+$BB mkdir -p /newroot/run/vmlab
+$BB cp /bin/busybox /agent.sh /newroot/run/vmlab/
+
+# Until the port's "host connected" event arrives, reads see EOF: retry.
+n=0
+until IFS=' ' read -r verb payload <&3; do
+	n=$((n + 1))
+	[ $n -gt 5000 ] && fail "no boot script from the host"
+	$BB usleep 1000
+done
+[ "$verb" = boot ] || fail "expected a boot script, got '$verb'"
+echo "$payload" | $BB base64 -d >/boot.sh || fail "cannot decode the boot script"
+. /boot.sh
+
+exec $BB switch_root /newroot /run/vmlab/busybox sh /run/vmlab/agent.sh

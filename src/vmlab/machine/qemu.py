@@ -1,0 +1,463 @@
+"""QemuMachine: one host-root VM from launch to the last byte of cleanup.
+
+    async with QemuMachine(MachineSpec(memory_mib=512)) as vm:
+        result = await vm.run(Command(argv=("uname", "-r")))
+
+Everything a VM uses lives in a private runtime directory (sockets, QEMU's
+stderr) that is removed when the machine stops: no fixed ports, paths or CIDs,
+so any number of machines run side by side. QEMU connects to sockets vmlab
+listens on, so no byte of console or output is lost before vmlab attaches.
+The QEMU process gets PDEATHSIG=SIGKILL and its own session: it never
+outlives vmlab, and a Ctrl-C reaches vmlab, which then stops it in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import BinaryIO, TypeVar
+
+from vmlab.errors import BootError, CommandTimeout, GuestCrashed, InfraError, UsageError
+from vmlab.guest.channel import Command, CommandResult, OutputSink, Stdin
+from vmlab.guest.serial import VirtioSerialChannel
+from vmlab.machine.initramfs import build_initramfs
+from vmlab.machine.kernel import BootableKernel, bootable, find_default_kernel, inspect_kernel
+from vmlab.machine.probes import choose_accel, qemu_binary
+from vmlab.machine.spec import Accel, MachineSpec, Share
+from vmlab.machine.subprocess_util import kill_on_parent_death
+from vmlab.watch.console import Console
+
+T = TypeVar("T")
+
+# The ports the agent uses; QEMU connects to each (vmlab listens) except `in`,
+# which QEMU serves so that vmlab can hang up to signal EOF and dial again.
+CLIENT_PORTS = ("ctl", "sys", "out", "err")
+BOOT_TIMEOUT = {Accel.KVM: 20.0, Accel.TCG: 60.0}
+STOP_GRACE = 5.0
+
+
+class MachineState(enum.Enum):
+    NEW = "new"
+    BOOTING = "booting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    DEAD = "dead"  # crashed or QEMU exited on its own
+
+
+@dataclass(frozen=True)
+class BootImage:
+    """Everything resolved that a boot needs, shared by retries."""
+
+    kernel: BootableKernel
+    modules_root: Path
+    initrd: Path
+    accel: Accel
+    accel_notice: str | None
+
+
+def _runtime_base() -> Path:
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    return Path(xdg) if xdg and os.access(xdg, os.W_OK) else Path(tempfile.gettempdir())
+
+
+def kernel_cmdline(spec: MachineSpec) -> str:
+    # panic=-1 with -no-reboot: a panic ends QEMU at once; oops=panic: an oops
+    # leaves the kernel untrustworthy, so it ends the VM too.
+    base = ["console=ttyS0", "panic=-1", "oops=panic", "rdinit=/init", "8250.nr_uarts=1"]
+    return " ".join([*base, *spec.append])
+
+
+def build_argv(qemu: str, image: BootImage, spec: MachineSpec, runtime: Path) -> list[str]:
+    """QEMU's command line for a host-root machine (pure; unit tested)."""
+    accel = ["-accel", "kvm", "-cpu", "host"] if image.accel is Accel.KVM else [
+        "-accel", "tcg", "-cpu", "max"
+    ]
+    argv = [
+        qemu, "-name", f"vmlab-{spec.name}", "-M", "pc", *accel,
+        "-m", f"{spec.memory_mib}M", "-smp", str(spec.cpus),
+        "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+        "-kernel", str(image.kernel.boot_path), "-initrd", str(image.initrd),
+        "-append", kernel_cmdline(spec),
+        "-chardev", f"socket,id=con,path={runtime / 'con.sock'}",
+        "-serial", "chardev:con",
+        "-qmp", f"unix:{runtime / 'qmp.sock'},server=on,wait=off",
+        "-device", "virtio-serial-pci,id=vser",
+        "-chardev", f"socket,id=in,path={runtime / 'in.sock'},server=on,wait=off",
+        "-device", "virtserialport,bus=vser.0,chardev=in,name=vmlab.in",
+    ]  # fmt: skip
+    for port in CLIENT_PORTS:
+        argv += [
+            "-chardev", f"socket,id={port},path={runtime / (port + '.sock')}",
+            "-device", f"virtserialport,bus=vser.0,chardev={port},name=vmlab.{port}",
+        ]  # fmt: skip
+    shares = [Share(Path("/"), Path("/"), writable=False), *spec.shares]
+    for index, share in enumerate(shares):
+        tag = "hostroot" if index == 0 else f"vmlab{index}"
+        readonly = "" if share.writable else ",readonly=on"
+        argv += [
+            "-fsdev",
+            f"local,id=fs{index},path={share.host},security_model=none,multidevs=remap{readonly}",
+            "-device", f"virtio-9p-pci,fsdev=fs{index},mount_tag={tag}",
+        ]  # fmt: skip
+    return argv
+
+
+def boot_script(spec: MachineSpec) -> str:
+    """The shell snippet init sources before switching root: the shares."""
+    lines = []
+    for index, share in enumerate(spec.shares, start=1):
+        target = shlex.quote(f"/newroot{share.guest}")
+        mode = "rw,cache=mmap" if share.writable else "ro,cache=loose"
+        lines.append(f"$BB mkdir -p {target}")
+        lines.append(
+            f"$BB mount -t 9p -o trans=virtio,version=9p2000.L,{mode},msize=512000 "
+            f"vmlab{index} {target} || fail 'cannot mount share {share.host}'"
+        )
+    lines.append(f"$BB hostname {shlex.quote(spec.name)}")
+    return "\n".join(lines) + "\n"
+
+
+def check_shares(shares: Sequence[Share]) -> None:
+    for share in shares:
+        if not share.host.is_dir():
+            what = "does not exist" if not share.host.exists() else "is not a directory"
+            raise UsageError(f"share {share.host} {what} (fix the --share path)")
+        if not share.guest.is_absolute():
+            raise UsageError(f"share {share.host}: guest path {share.guest} must be absolute")
+
+
+async def prepare_boot(spec: MachineSpec) -> BootImage:
+    """Resolve kernel, modules, initramfs and accel (blocking work in a thread)."""
+    check_shares(spec.shares)
+    kernel_path = spec.kernel or await asyncio.to_thread(find_default_kernel)
+    kernel = await asyncio.to_thread(inspect_kernel, kernel_path)
+    boot = await asyncio.to_thread(bootable, kernel)
+    modules_root = spec.modules or Path("/lib/modules") / kernel.release
+    initrd = await asyncio.to_thread(build_initramfs, modules_root)
+    choice = await choose_accel(spec.accel, boot.boot_path, kernel.sha256, initrd)
+    return BootImage(boot, modules_root, initrd, choice.accel, choice.notice)
+
+
+class QemuMachine:
+    """A host-root VM. Use as `async with`; `run()` commands while it is up."""
+
+    def __init__(
+        self,
+        spec: MachineSpec,
+        *,
+        console_log: Path | None = None,
+        console_echo: BinaryIO | None = None,
+        image: BootImage | None = None,
+    ) -> None:
+        self.spec = spec
+        self.state = MachineState.NEW
+        self.image = image
+        self.console_log_path = console_log
+        self._console_echo = console_echo
+        self.console: Console | None = None
+        self.channel: VirtioSerialChannel | None = None
+        self.boot_seconds: float | None = None
+        self._proc: asyncio.subprocess.Process | None = None
+        self._runtime: Path | None = None
+        self._servers: list[asyncio.Server] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._death: asyncio.Future[str] | None = None
+        self.argv: list[str] = []
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def __aenter__(self) -> QemuMachine:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Boot; a boot that stalls is retried once, then raises BootError."""
+        if self.image is None:
+            self.image = await prepare_boot(self.spec)
+        if self.spec.modules is not None and self.spec.modules != Path("/lib/modules") / (
+            self.image.kernel.kernel.release
+        ):
+            self.spec = _with_modules_share(self.spec, self.image)
+        timeout = self.spec.boot_timeout or BOOT_TIMEOUT[self.image.accel]
+        for attempt in (1, 2):
+            try:
+                await self._boot_once(timeout)
+                return
+            except BootError as exc:
+                await self.stop()
+                if attempt == 2:
+                    raise BootError(
+                        f"the guest did not boot, twice: {exc.message}", details=exc.details
+                    ) from None
+                self.state = MachineState.NEW
+
+    async def _boot_once(self, timeout: float) -> None:
+        assert self.image is not None
+        self.state = MachineState.BOOTING
+        started = time.monotonic()
+        self._runtime = Path(tempfile.mkdtemp(prefix="vmlab-", dir=_runtime_base()))
+        self._death = asyncio.get_running_loop().create_future()
+        connections: dict[str, asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = {}
+        for name in ("con", *CLIENT_PORTS):
+            connections[name] = asyncio.get_running_loop().create_future()
+            self._servers.append(
+                await asyncio.start_unix_server(
+                    _accept_once(connections[name]), path=str(self._runtime / f"{name}.sock")
+                )
+            )
+        self.argv = build_argv(qemu_binary(), self.image, self.spec, self._runtime)
+        stderr = (self._runtime / "qemu.stderr").open("wb")
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                *self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                start_new_session=True,
+                preexec_fn=kill_on_parent_death,
+            )
+        except OSError as exc:
+            raise InfraError(f"cannot start QEMU: {exc}") from exc
+        finally:
+            stderr.close()
+        self._tasks.append(asyncio.create_task(self._watch_process(), name="vmlab-qemu"))
+
+        try:
+            streams = await self._guard(asyncio.gather(*connections.values()), timeout=30)
+        except TimeoutError:
+            raise InfraError("QEMU did not open its devices within 30 s") from None
+        for server in self._servers:
+            server.close()
+        self._servers.clear()
+        named = dict(zip(connections, streams, strict=True))
+        log_path = self.console_log_path or self._runtime / "console.log"
+        self.console = Console(log_path, echo=self._console_echo)
+        self._tasks.append(asyncio.create_task(self._follow_console(named["con"][0]), name="vmlab-con"))
+        self.channel = VirtioSerialChannel(
+            named["ctl"], named["sys"], named["out"], named["err"], self._runtime / "in.sock"
+        )
+        try:
+            await self._guard(self.channel.boot(boot_script(self.spec)), timeout=timeout)
+        except TimeoutError:
+            raise BootError(
+                f"the guest did not reach its agent within {timeout:g} s",
+                details="\n".join(self.console.tail(15)),
+            ) from None
+        except InfraError as exc:
+            raise BootError(exc.message, details="\n".join(self.console.tail(15))) from None
+        self.boot_seconds = time.monotonic() - started
+        self.state = MachineState.RUNNING
+
+    async def _follow_console(self, reader: asyncio.StreamReader) -> None:
+        assert self.console is not None and self._death is not None
+        panic = asyncio.create_task(self.console.panicked.wait())
+        follow = asyncio.create_task(self.console.follow(reader))
+        try:
+            await asyncio.wait({panic, follow}, return_when=asyncio.FIRST_COMPLETED)
+            if self.console.panic is not None and not self._death.done():
+                self._death.set_result("panic")
+            await follow
+        finally:
+            panic.cancel()
+            follow.cancel()
+
+    async def _watch_process(self) -> None:
+        assert self._proc is not None and self._death is not None
+        await self._proc.wait()
+        if not self._death.done():
+            self._death.set_result("exit")
+
+    async def _guard(self, awaitable: Awaitable[T], *, timeout: float | None) -> T:
+        """Await `awaitable` unless the VM dies first (then raise why) or time runs out."""
+        assert self._death is not None
+        task = asyncio.ensure_future(awaitable)
+        try:
+            done, _ = await asyncio.wait(
+                {task, self._death}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        except BaseException:
+            task.cancel()
+            raise
+        if task in done:
+            return task.result()
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        if self._death.done():
+            raise await self._death_error()
+        raise TimeoutError
+
+    async def _death_error(self) -> InfraError | GuestCrashed:
+        """Why the VM died, with evidence; waits briefly for the end of a panic."""
+        assert self._proc is not None and self.console is not None
+        self.state = MachineState.DEAD
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._proc.wait(), 3)
+        await asyncio.sleep(0)
+        tail = "\n".join(self.console.tail(30))
+        if self.console.panic is not None:
+            return GuestCrashed(
+                f"the guest kernel crashed: {self.console.panic} "
+                f"(console log: {self.console.log_path})",
+                title=self.console.panic,
+                details=tail,
+            )
+        stderr = self._qemu_stderr()
+        code = self._proc.returncode
+        return InfraError(
+            f"QEMU exited unexpectedly with status {code}"
+            + (f": {stderr.splitlines()[-1]}" if stderr else "")
+            + (f" (console log: {self.console.log_path})" if self.console_log_path else ""),
+            details=f"argv: {shlex.join(self.argv)}\nstderr:\n{stderr}\nconsole:\n{tail}",
+        )
+
+    def _qemu_stderr(self) -> str:
+        if self._runtime is None:
+            return ""
+        with contextlib.suppress(OSError):
+            return (self._runtime / "qemu.stderr").read_text(errors="replace").strip()
+        return ""
+
+    async def stop(self) -> None:
+        """Stop QEMU (SIGTERM, then SIGKILL) and remove every runtime file.
+
+        Safe to call twice, and on any path: the synchronous part in `finally`
+        runs even when this task is cancelled mid-way.
+        """
+        if self.state in (MachineState.STOPPED, MachineState.NEW) and self._proc is None:
+            return
+        if self.state is not MachineState.DEAD:
+            self.state = MachineState.STOPPING
+        proc = self._proc
+        try:
+            if proc is not None and proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+                try:
+                    await asyncio.wait_for(proc.wait(), STOP_GRACE)
+                except TimeoutError:
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.kill()
+                    await proc.wait()
+            if self.channel is not None:
+                await self.channel.close()
+            for task in self._tasks:
+                task.cancel()
+            for task in self._tasks:
+                with contextlib.suppress(BaseException):
+                    await task
+        finally:
+            if proc is not None and proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+            for server in self._servers:
+                server.close()
+            if self._runtime is not None:
+                shutil.rmtree(self._runtime, ignore_errors=True)
+            self._servers.clear()
+            self._tasks.clear()
+            self._runtime = None
+            self._proc = None
+            self.channel = None
+            if self.state is not MachineState.DEAD:
+                self.state = MachineState.STOPPED
+
+    # -- commands ------------------------------------------------------------
+
+    async def run(
+        self,
+        command: Command,
+        *,
+        stdin: Stdin = None,
+        on_stdout: OutputSink | None = None,
+        on_stderr: OutputSink | None = None,
+        capture: bool = True,
+        timeout: float | None = None,
+    ) -> CommandResult:
+        """Run a command in the guest. A crash of the guest raises GuestCrashed;
+        outliving `timeout` dumps the guest's tasks to the console, kills the
+        command and raises CommandTimeout."""
+        if self.state is not MachineState.RUNNING or self.channel is None:
+            raise InfraError(f"machine {self.spec.name} is not running ({self.state.value})")
+        channel = self.channel
+        work = asyncio.ensure_future(
+            channel.run(command, stdin=stdin, on_stdout=on_stdout, on_stderr=on_stderr, capture=capture)
+        )
+        try:
+            return await self._guard(asyncio.shield(work), timeout=timeout)
+        except TimeoutError:
+            await self.dump_tasks()
+            with contextlib.suppress(Exception):
+                await channel.interrupt()
+                await asyncio.wait_for(asyncio.shield(work), 5)
+            raise CommandTimeout(
+                f"command timed out after {timeout:g} s: {command.describe()} "
+                f"(task states dumped to the console log {self.console_log_display()})"
+            ) from None
+        finally:
+            if not work.done():
+                work.cancel()
+            with contextlib.suppress(BaseException):
+                await work  # retrieve its outcome: the VM's death already explains it
+
+    def console_log_display(self) -> str:
+        return str(self.console.log_path) if self.console is not None else "(none)"
+
+    async def dump_tasks(self, letters: str = "t") -> None:
+        """Ask the guest kernel for its task states (t: every task with its stack) via
+        SysRq and give the console a moment to print them."""
+        if self.channel is None or self.console is None:
+            return
+        with contextlib.suppress(Exception):
+            await self.channel.sysrq(letters, timeout=3)
+        # Wait until the console has been quiet for half a second (max 5 s).
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and time.monotonic() - self.console.last_output < 0.5:
+            await asyncio.sleep(0.1)
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def runtime_dir(self) -> Path | None:
+        return self._runtime
+
+
+def _accept_once(
+    future: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]],
+) -> object:
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if future.done():
+            writer.close()
+        else:
+            future.set_result((reader, writer))
+
+    return on_connect
+
+
+def _with_modules_share(spec: MachineSpec, image: BootImage) -> MachineSpec:
+    """Show --modules DIR at /lib/modules/RELEASE in the guest, for modprobe."""
+    from dataclasses import replace  # noqa: PLC0415
+
+    guest = Path("/lib/modules") / image.kernel.kernel.release
+    share = Share(image.modules_root, guest, writable=False)
+    return replace(spec, shares=(*spec.shares, share))

@@ -1,0 +1,71 @@
+"""Console capture: every byte to a log file, complete lines to the watchers.
+
+The kernel console is the guest's serial port. It is never mixed with command
+output (that travels on virtio-serial ports); it is kept for the user and for
+crash detection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+LineWatcher = Callable[[str], None]
+
+_PANIC = re.compile(r"Kernel panic - not syncing: ?(.*)$")
+
+
+class Console:
+    """Reads a guest's serial console until it closes."""
+
+    def __init__(self, log_path: Path, *, echo: BinaryIO | None = None, keep: int = 200) -> None:
+        self.log_path = log_path
+        self._echo = echo
+        self._log = log_path.open("ab", buffering=0)
+        self._tail: collections.deque[str] = collections.deque(maxlen=keep)
+        self._partial = b""
+        self._watchers: list[LineWatcher] = []
+        self.last_output = time.monotonic()
+        self.panic: str | None = None
+        self.panicked = asyncio.Event()
+
+    def watch(self, watcher: LineWatcher) -> None:
+        self._watchers.append(watcher)
+
+    def tail(self, lines: int = 20) -> list[str]:
+        return list(self._tail)[-lines:]
+
+    async def follow(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while data := await reader.read(1 << 16):
+                self.feed(data)
+        finally:
+            if self._partial:
+                self._line(self._partial)
+                self._partial = b""
+            self._log.close()
+
+    def feed(self, data: bytes) -> None:
+        self.last_output = time.monotonic()
+        self._log.write(data)
+        if self._echo is not None:
+            self._echo.write(data)
+            self._echo.flush()
+        *lines, self._partial = (self._partial + data).split(b"\n")
+        for raw in lines:
+            self._line(raw)
+
+    def _line(self, raw: bytes) -> None:
+        line = raw.decode("utf-8", "replace").rstrip("\r")
+        self._tail.append(line)
+        match = _PANIC.search(line)
+        if match and self.panic is None:
+            self.panic = f"kernel panic: {match.group(1).strip()}"
+            self.panicked.set()
+        for watcher in self._watchers:
+            watcher(line)
