@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 from vmlab.errors import CommandNotFound, GuestError, InfraError
 from vmlab.guest.channel import Command, CommandResult, OutputSink, Stdin
@@ -40,9 +40,7 @@ def job_script(command: Command) -> str:
     prefix = [f"{AGENT_DIR}/busybox", "env", "-i", *env]
     if command.user is not None and command.user.uid != 0:
         user = command.user
-        groups = (
-            f"--groups={','.join(map(str, user.groups))}" if user.groups else "--clear-groups"
-        )
+        groups = f"--groups={','.join(map(str, user.groups))}" if user.groups else "--clear-groups"
         prefix += [SETPRIV, f"--reuid={user.uid}", f"--regid={user.gid}", groups, "--"]
     if command.shell is not None:
         lines.append("exec " + " ".join([*prefix, "/bin/sh", "-c", q(command.shell)]))
@@ -118,7 +116,9 @@ def _future(loop: asyncio.AbstractEventLoop) -> asyncio.Future[T]:
 class VirtioSerialChannel:
     """A `Channel` over the agent's virtio-serial ports."""
 
-    def __init__(self, ctl: Stream, sys: Stream, out: Stream, err: Stream, stdin_socket: Path) -> None:
+    def __init__(
+        self, ctl: Stream, sys: Stream, out: Stream, err: Stream, stdin_socket: Path
+    ) -> None:
         self._ctl_r, self._ctl_w = ctl
         self._sys_r, self._sys_w = sys
         self._streams = (out, err)
@@ -169,7 +169,12 @@ class VirtioSerialChannel:
             demux.feed(data)
 
     def _lost(self, exc: InfraError) -> None:
-        for future in [self._ready, *self._pending.values(), *self._sys_waiters.values()]:
+        futures: list[asyncio.Future[Any]] = [
+            self._ready,
+            *self._pending.values(),
+            *self._sys_waiters.values(),
+        ]
+        for future in futures:
             if not future.done():
                 future.set_exception(exc)
         self._pending.clear()
@@ -260,7 +265,9 @@ class VirtioSerialChannel:
             raise GuestError(f"working directory {command.cwd} does not exist in the guest")
         return CommandResult(status, b"".join(chunks[0]), b"".join(chunks[1]), duration)
 
-    async def _start_stdin(self, stdin: bytes | BinaryIO, started: asyncio.Event) -> asyncio.Task[None]:
+    async def _start_stdin(
+        self, stdin: bytes | BinaryIO, started: asyncio.Event
+    ) -> asyncio.Task[None]:
         """Connect the stdin port and feed it; hanging up is the guest's EOF."""
         reader, writer = await asyncio.open_unix_connection(str(self._stdin_socket))
         del reader
@@ -319,9 +326,7 @@ class VirtioSerialChannel:
         for task in self._tasks:
             with contextlib.suppress(BaseException):
                 await task
-        for _, writer in (
-            (self._ctl_r, self._ctl_w), (self._sys_r, self._sys_w), *self._streams
-        ):
+        for _, writer in ((self._ctl_r, self._ctl_w), (self._sys_r, self._sys_w), *self._streams):
             writer.close()
 
 

@@ -21,7 +21,13 @@ from vmlab.cache import cache_dir, write_atomic
 from vmlab.errors import HostError, UsageError
 
 # What the guest init needs, by module name; dependencies come from modules.dep.
-REQUIRED_MODULES: tuple[str, ...] = ("virtio_pci", "9pnet_virtio", "9p", "overlay", "virtio_console")
+REQUIRED_MODULES: tuple[str, ...] = (
+    "virtio_pci",
+    "9pnet_virtio",
+    "9p",
+    "overlay",
+    "virtio_console",
+)
 
 # Kernel options behind each required module, for the error when one is missing.
 _CONFIG_OF = {
@@ -115,9 +121,7 @@ def _module_bytes(path: Path) -> bytes:
         try:
             import zstandard  # type: ignore[import-not-found,unused-ignore]  # noqa: PLC0415
         except ImportError:
-            raise HostError(
-                f"{path} is zstd-compressed: .venv/bin/pip install zstandard"
-            ) from None
+            raise HostError(f"{path} is zstd-compressed: .venv/bin/pip install zstandard") from None
         out: bytes = zstandard.ZstdDecompressor().decompress(data, max_output_size=64 << 20)
         return out
     return data
@@ -130,10 +134,24 @@ class CpioWriter:
         self._parts: list[bytes] = []
         self._ino = 1
 
-    def _entry(self, name: str, mode: int, data: bytes = b"", rdev: tuple[int, int] = (0, 0)) -> None:
+    def _entry(
+        self, name: str, mode: int, data: bytes = b"", rdev: tuple[int, int] = (0, 0)
+    ) -> None:
         encoded = name.encode() + b"\0"
         fields = (
-            self._ino, mode, 0, 0, 1, 0, len(data), 0, 0, rdev[0], rdev[1], len(encoded), 0,
+            self._ino,
+            mode,
+            0,
+            0,
+            1,
+            0,
+            len(data),
+            0,
+            0,
+            rdev[0],
+            rdev[1],
+            len(encoded),
+            0,
         )
         self._ino += 1
         header = b"070701" + b"".join(b"%08X" % f for f in fields)
@@ -181,9 +199,12 @@ def build_initramfs(modules_root: Path, extra_modules: Iterable[str] = ()) -> Pa
     busybox = find_busybox()
     init, agent = _guest_script("init.sh"), _guest_script("agent.sh")
     key = hashlib.sha256()
-    for part in (init, agent, _stat_key(busybox).encode(), *(
-        _stat_key(modules_root / index.paths[name]).encode() for name in order
-    )):
+    for part in (
+        init,
+        agent,
+        _stat_key(busybox).encode(),
+        *(_stat_key(modules_root / index.paths[name]).encode() for name in order),
+    ):
         key.update(hashlib.sha256(part).digest())
     target = cache_dir("initramfs") / f"{key.hexdigest()[:32]}.cpio"
     if target.exists():

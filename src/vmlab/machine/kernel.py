@@ -69,8 +69,33 @@ def _release_from_banner(data: bytes) -> str | None:
     return match.group(1).decode("ascii", "replace") if match else None
 
 
+def _memo_path(path: Path) -> Path | None:
+    """Where the verdict on `path` is kept while the file stays the same."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    key = f"{path.resolve()}:{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+    return cache_dir("kernels") / "by-stat" / hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
 def inspect_kernel(path: Path) -> Kernel:
-    """Identify `path` as a bzImage or an ELF vmlinux and read its release."""
+    """Identify `path` as a bzImage or an ELF vmlinux and read its release.
+
+    Hashing a kernel costs tens of ms on every run, so the result is
+    remembered for as long as the file's inode, size and mtime stay the same.
+    """
+    memo = _memo_path(path)
+    if memo is not None and memo.exists():
+        fmt, release, digest = memo.read_text().split()
+        return Kernel(path, KernelFormat(fmt), release, digest)
+    kernel = _inspect(path)
+    if memo is not None:
+        write_atomic(memo, f"{kernel.format.value} {kernel.release} {kernel.sha256}\n".encode())
+    return kernel
+
+
+def _inspect(path: Path) -> Kernel:
     data = _read(path)
     digest = hashlib.sha256(data).hexdigest()
     if len(data) > 0x210 and data[0x202:0x206] == b"HdrS":
@@ -80,10 +105,10 @@ def inspect_kernel(path: Path) -> Kernel:
         release = data[start:end].split(b" ", 1)[0].decode("ascii", "replace")
         return Kernel(path, KernelFormat.BZIMAGE, release, digest)
     if data.startswith(_ELF_MAGIC):
-        release = _release_from_banner(data)
-        if release is None:
+        banner = _release_from_banner(data)
+        if banner is None:
             raise UsageError(f"{path} is an ELF file but not a Linux kernel (no version banner)")
-        return Kernel(path, KernelFormat.ELF, release, digest)
+        return Kernel(path, KernelFormat.ELF, banner, digest)
     raise UsageError(
         f"{path} is not a Linux kernel (neither a bzImage nor an ELF vmlinux); "
         "pass --kernel with arch/x86/boot/bzImage or vmlinux"
@@ -94,15 +119,15 @@ def has_pvh_note(elf: bytes) -> bool:
     """True when a 64-bit ELF carries the PVH entry note QEMU boots through."""
     if not elf.startswith(_ELF_MAGIC) or elf[4] != 2:  # ELFCLASS64 only
         return False
-    e_phoff, = struct.unpack_from("<Q", elf, 0x20)
+    (e_phoff,) = struct.unpack_from("<Q", elf, 0x20)
     e_phentsize, e_phnum = struct.unpack_from("<HH", elf, 0x36)
     for i in range(e_phnum):
         base = e_phoff + i * e_phentsize
-        p_type, = struct.unpack_from("<I", elf, base)
+        (p_type,) = struct.unpack_from("<I", elf, base)
         if p_type != 4:  # PT_NOTE
             continue
-        p_offset, = struct.unpack_from("<Q", elf, base + 8)
-        p_filesz, = struct.unpack_from("<Q", elf, base + 32)
+        (p_offset,) = struct.unpack_from("<Q", elf, base + 8)
+        (p_filesz,) = struct.unpack_from("<Q", elf, base + 32)
         pos, end = p_offset, p_offset + p_filesz
         while pos + 12 <= end:
             namesz, descsz, ntype = struct.unpack_from("<III", elf, pos)
@@ -200,7 +225,9 @@ def _version_key(release: str) -> tuple[tuple[int, int | str], ...]:
     return tuple((0, int(p)) if p.isdigit() else (1, p) for p in parts)
 
 
-def find_default_kernel(boot: Path = Path("/boot"), modules_root: Path = Path("/lib/modules")) -> Path:
+def find_default_kernel(
+    boot: Path = Path("/boot"), modules_root: Path = Path("/lib/modules")
+) -> Path:
     """The newest /boot/vmlinuz-* whose modules are installed."""
     candidates = []
     for image in boot.glob("vmlinuz-*"):

@@ -36,7 +36,9 @@ def qemu_binary() -> str:
     explicit = os.environ.get("VMLAB_QEMU")
     if explicit:
         if shutil.which(explicit) is None:
-            raise HostError(f"VMLAB_QEMU={explicit} is not an executable (unset it or fix the path)")
+            raise HostError(
+                f"VMLAB_QEMU={explicit} is not an executable (unset it or fix the path)"
+            )
         return explicit
     for name in QEMU_NAMES:
         found = shutil.which(name)
@@ -112,7 +114,9 @@ async def _boot_probe(kernel: Path, initrd: Path, timeout: float) -> bool:
             await proc.wait()
 
 
-async def choose_accel(requested: Accel, kernel: Path, kernel_sha: str, initrd: Path) -> AccelChoice:
+async def choose_accel(
+    requested: Accel, kernel: Path, kernel_sha: str, initrd: Path
+) -> AccelChoice:
     """Resolve `auto`, and check that an explicit `kvm` can work at all."""
     if requested is Accel.TCG:
         return AccelChoice(Accel.TCG, None)

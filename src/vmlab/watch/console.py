@@ -26,7 +26,7 @@ class Console:
     def __init__(self, log_path: Path, *, echo: BinaryIO | None = None, keep: int = 200) -> None:
         self.log_path = log_path
         self._echo = echo
-        self._log = log_path.open("ab", buffering=0)
+        self._log = log_path.open("wb", buffering=0)
         self._tail: collections.deque[str] = collections.deque(maxlen=keep)
         self._partial = b""
         self._watchers: list[LineWatcher] = []
