@@ -103,6 +103,9 @@ class GuestCrashed(GuestError):
 
     exit_code = ExitCode.GUEST_CRASH
 
-    def __init__(self, message: str, *, title: str, details: str = "") -> None:
+    def __init__(
+        self, message: str, *, title: str, details: str = "", crash: object | None = None
+    ) -> None:
         super().__init__(message, details=details)
         self.title = title
+        self.crash = crash  # the parsed report (vmlab.watch.crashes.Crash), when there is one

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from vmlab.errors import ExitCode, VmlabError
@@ -55,3 +55,15 @@ def run_async(work: Coroutine[Any, Any, int], *, verbose: bool = False) -> int:
         sig = received[0] if received else signal.SIGINT
         error_line(f"{_SIGNAL_WORD[sig]}; the VM was stopped and its files removed")
         return int(_SIGNAL_EXIT[sig])
+
+
+def run_sync(work: Callable[[], int]) -> int:
+    """Run a synchronous command, turning VmlabErrors into one line and a code."""
+    try:
+        return work()
+    except VmlabError as exc:
+        error_line(exc.message)
+        return int(exc.exit_code)
+    except KeyboardInterrupt:
+        error_line("interrupted")
+        return int(ExitCode.INTERRUPTED)

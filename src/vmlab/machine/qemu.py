@@ -331,11 +331,14 @@ class QemuMachine:
         await asyncio.sleep(0)
         tail = "\n".join(self.console.tail(30))
         if self.console.panic is not None:
+            crashes = self.console.flush_crashes()
+            crash = crashes[0] if crashes else None
+            title = crash.title if crash is not None else self.console.panic
             return GuestCrashed(
-                f"the guest kernel crashed: {self.console.panic} "
-                f"(console log: {self.console.log_path})",
-                title=self.console.panic,
-                details=tail,
+                f"the guest kernel crashed: {title} (console log: {self.console.log_path})",
+                title=title,
+                details=crash.report if crash is not None else tail,
+                crash=crash,
             )
         stderr = self._qemu_stderr()
         code = self._proc.returncode

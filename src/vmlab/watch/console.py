@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+from vmlab.watch.crashes import Crash, CrashScanner
+
 LineWatcher = Callable[[str], None]
 
 _PANIC = re.compile(r"Kernel panic - not syncing: ?(.*)$")
@@ -33,6 +35,8 @@ class Console:
         self.last_output = time.monotonic()
         self.panic: str | None = None
         self.panicked = asyncio.Event()
+        self.crashes: list[Crash] = []  # complete crash reports, in order
+        self._scanner = CrashScanner()
 
     def watch(self, watcher: LineWatcher) -> None:
         self._watchers.append(watcher)
@@ -50,6 +54,11 @@ class Console:
                 self._partial = b""
             self._log.close()
 
+    def flush_crashes(self) -> list[Crash]:
+        """Every crash report so far, including one still open (the VM is gone)."""
+        self.crashes.extend(self._scanner.finish())
+        return self.crashes
+
     def feed(self, data: bytes) -> None:
         self.last_output = time.monotonic()
         self._log.write(data)
@@ -63,6 +72,7 @@ class Console:
     def _line(self, raw: bytes) -> None:
         line = raw.decode("utf-8", "replace").rstrip("\r")
         self._tail.append(line)
+        self.crashes.extend(self._scanner.feed(line))
         match = _PANIC.search(line)
         if match and self.panic is None:
             self.panic = f"kernel panic: {match.group(1).strip()}"
