@@ -46,6 +46,7 @@ T = TypeVar("T")
 CLIENT_PORTS = ("ctl", "sys", "out", "err")
 BOOT_TIMEOUT = {Accel.KVM: 20.0, Accel.TCG: 60.0}
 STOP_GRACE = 5.0
+OWNER_FILE = "owner.pid"
 
 
 class MachineState(enum.Enum):
@@ -71,6 +72,22 @@ class BootImage:
 def _runtime_base() -> Path:
     xdg = os.environ.get("XDG_RUNTIME_DIR")
     return Path(xdg) if xdg and os.access(xdg, os.W_OK) else Path(tempfile.gettempdir())
+
+
+def sweep_stale_runtime_dirs() -> None:
+    """Remove runtime directories whose vmlab was killed (SIGKILL runs no
+    `finally`; PDEATHSIG took its QEMU down, this takes its files)."""
+    for directory in _runtime_base().glob("vmlab-*"):
+        try:
+            pid = int((directory / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue  # not ours, or being created right now
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(directory, ignore_errors=True)
+        except PermissionError:
+            pass  # alive, another user's
 
 
 def kernel_cmdline(spec: MachineSpec) -> str:
@@ -225,7 +242,9 @@ class QemuMachine:
         assert self.image is not None
         self.state = MachineState.BOOTING
         started = time.monotonic()
+        sweep_stale_runtime_dirs()
         self._runtime = Path(tempfile.mkdtemp(prefix="vmlab-", dir=_runtime_base()))
+        (self._runtime / OWNER_FILE).write_text(f"{os.getpid()}\n")
         self._death = asyncio.get_running_loop().create_future()
         connections: dict[
             str, asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]]
