@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from vmlab import __version__
-from vmlab.cli.runner import run_async
+from vmlab.cli.runner import run_async, run_sync
 from vmlab.machine.spec import Accel
 
 app = typer.Typer(
@@ -110,3 +110,89 @@ def run(
 
 def main() -> None:
     app()
+
+
+DbOption = Annotated[
+    str | None,
+    typer.Option("--db", help="Results store URL [default: sqlite .vmlab/results.db]"),
+]
+
+
+@app.command("test")
+def test_(
+    lab: Annotated[Path, typer.Argument(help="Lab file or its directory")] = Path("vmlab.toml"),
+    level: Annotated[
+        int, typer.Option(help="Run levels <= N (1 smoke, 2 integration, 3 stress)")
+    ] = 1,
+    suite: Annotated[list[str] | None, typer.Option(help="Only this suite. Repeatable.")] = None,
+    keyword: Annotated[
+        str | None, typer.Option("-k", help="Select tests by id: 'crud and not slow'")
+    ] = None,
+    jobs: Annotated[
+        int | None, typer.Option(help="Machines in parallel [default: cores, memory]")
+    ] = None,
+    db: DbOption = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Reports here [default: .vmlab/runs/RUN_ID]")
+    ] = None,
+    allow_dangerous: Annotated[bool, typer.Option(help="Also run `dangerous` tests")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show error evidence")] = False,
+) -> None:
+    """Run a lab's suites, level by level; store results; write JUnit and JSON."""
+    from vmlab.cli import test_cmd  # noqa: PLC0415
+
+    opts = test_cmd.TestOptions(
+        lab=lab, level=level, suites=tuple(suite or ()), keyword=keyword, jobs=jobs, db=db,
+        out=out, allow_dangerous=allow_dangerous,
+    )  # fmt: skip
+    sys.exit(run_async(test_cmd.run_tests(opts), verbose=verbose))
+
+
+@app.command("runs")
+def runs(
+    db: DbOption = None,
+    limit: Annotated[int, typer.Option(help="How many, newest first")] = 20,
+) -> None:
+    """List recorded runs."""
+    from vmlab.cli import results_cmd  # noqa: PLC0415
+
+    sys.exit(run_sync(lambda: results_cmd.list_runs(db, limit)))
+
+
+@app.command("show")
+def show(
+    run_id: Annotated[str, typer.Argument(metavar="RUN", help="Run id, a prefix, or 'latest'")],
+    db: DbOption = None,
+) -> None:
+    """Print a run's summary, its crashes by signature, and each failure's output tail."""
+    from vmlab.cli import results_cmd  # noqa: PLC0415
+
+    sys.exit(run_sync(lambda: results_cmd.show_run(db, run_id)))
+
+
+@app.command("export")
+def export(
+    run_id: Annotated[str, typer.Argument(metavar="RUN", help="Run id, a prefix, or 'latest'")],
+    fmt: Annotated[str, typer.Option("--format", help="junit or json")] = "junit",
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="File to write")] = None,
+    db: DbOption = None,
+) -> None:
+    """Rewrite a run's junit.xml or results.json from the store."""
+    from vmlab.cli import results_cmd  # noqa: PLC0415
+
+    sys.exit(run_sync(lambda: results_cmd.export_run(db, run_id, fmt, output)))
+
+
+crash_app = typer.Typer(help="Kernel crash reports.", no_args_is_help=True)
+app.add_typer(crash_app, name="crash")
+
+
+@crash_app.command("analyze")
+def crash_analyze(
+    logs: Annotated[list[Path], typer.Argument(metavar="LOG...", help="Console or dmesg logs")],
+    json_out: Annotated[bool, typer.Option("--json", help="Print a JSON list")] = False,
+) -> None:
+    """Find every kernel crash report in LOGs: kind, title, guilty frame, signature."""
+    from vmlab.cli import crash_cmd  # noqa: PLC0415
+
+    sys.exit(run_sync(lambda: crash_cmd.analyze(logs, as_json=json_out)))

@@ -1,0 +1,382 @@
+"""One machine session: boot a job's machine, set it up, run its tests, recover.
+
+A session runs one `Job` of the plan. It boots the job's machine (loading
+`modules_load`, running `setup`), runs each test, turns what happened into
+`TestResult`s, and boots a fresh VM whenever the old one can no longer be
+trusted: after a crash, a timeout, an infrastructure error, and after every
+risky or dangerous test. A test's failure never stops the session.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from vmlab.config_specs import MachineConfig, Safety, TestFormat, TestSpec
+from vmlab.errors import CommandTimeout, GuestCrashed, VmlabError
+from vmlab.guest.channel import Command
+from vmlab.machine.qemu import BootImage, QemuMachine
+from vmlab.machine.spec import Share
+from vmlab.plan import Job
+from vmlab.results.formats import ParsedOutput, SubOutcome, parse, test_ids
+from vmlab.results.model import CrashInfo, Outcome, TestResult, VmSpec
+from vmlab.watch.crashes import Crash
+
+GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+TAIL_BYTES = 4000
+# A kernel warning fails a `monitored` test (the first line of a WARN_ON report).
+_KERNEL_WARNING = re.compile(r"(WARNING: CPU: \d+ PID: \d+ at |------------\[ cut here \]|BUG: )")
+
+
+@dataclass(frozen=True)
+class TestStarted:
+    job: str
+    test_id: str
+    machine: str
+
+
+@dataclass(frozen=True)
+class TestFinished:
+    job: str
+    result: TestResult
+
+
+@dataclass(frozen=True)
+class MachineBooting:
+    job: str
+    machine: str
+
+
+Event = TestStarted | TestFinished | MachineBooting
+EventSink = Callable[[Event], None]
+
+
+class SetupFailed(VmlabError):
+    """A machine's modules_load or setup command failed: every test it would
+    have run is an ERROR that names the command."""
+
+
+def _safe_name(test_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", test_id.replace("/", "__"))
+
+
+def _tail(data: bytes) -> str:
+    return data[-TAIL_BYTES:].decode("utf-8", "replace")
+
+
+def _last_line(data: bytes) -> str:
+    lines = [line for line in data.decode("utf-8", "replace").splitlines() if line.strip()]
+    return lines[-1].strip()[:200] if lines else ""
+
+
+@dataclass
+class SessionContext:
+    """What every session of a run shares."""
+
+    run_dir: Path
+    emit: EventSink
+    image_for: Callable[[MachineConfig], BootImage | None]
+    failed_capabilities: dict[str, str]  # capability -> the failed test that provides it
+    lab_root: Path
+
+
+class Session:
+    """Runs one job's tests on (a succession of) VMs of its machine."""
+
+    def __init__(self, job: Job, ctx: SessionContext) -> None:
+        self.job = job
+        self.ctx = ctx
+        self.vm: QemuMachine | None = None
+        self.boots = 0
+        self.current_test: str | None = None
+        self._warnings: list[str] = []
+        self._broken: VmlabError | None = None
+        self.results: list[TestResult] = []
+
+    @property
+    def machine(self) -> MachineConfig:
+        return self.job.machine
+
+    def _vm_spec(self) -> VmSpec:
+        spec = self.machine.spec
+        kernel = str(spec.kernel) if spec.kernel else "default"
+        image = self.ctx.image_for(self.machine)
+        if image is not None:
+            kernel = image.kernel.kernel.release
+        return VmSpec(memory_mib=spec.memory_mib, cpus=spec.cpus, kernel=kernel)
+
+    async def run(self) -> list[TestResult]:
+        try:
+            for test in self.job.tests:
+                await self._run_one(test)
+        finally:
+            await self._discard_vm()
+        return self.results
+
+    # -- VMs -----------------------------------------------------------------
+
+    async def _ensure_vm(self) -> QemuMachine:
+        if self.vm is not None:
+            return self.vm
+        self.boots += 1
+        self.ctx.emit(MachineBooting(self.job.id, self.machine.name))
+        spec = self.machine.spec
+        lab = self.ctx.lab_root
+        if all(share.guest != lab for share in spec.shares):
+            spec = replace(spec, shares=(*spec.shares, Share(lab, lab, writable=True)))
+        spec = replace(spec, name=self.machine.name)
+        log = self.ctx.run_dir / "console" / f"{_safe_name(self.job.id)}-{self.boots}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        vm = QemuMachine(spec, console_log=log, image=self.ctx.image_for(self.machine))
+        try:
+            await vm.start()
+        except BaseException:
+            await vm.stop()
+            raise
+        self.vm = vm
+        assert vm.console is not None
+        vm.console.watch(self._on_console_line)
+        try:
+            await self._setup(vm)
+        except BaseException:
+            await self._discard_vm()
+            raise
+        return vm
+
+    async def _setup(self, vm: QemuMachine) -> None:
+        env = self._env(())
+        steps = [f"modprobe {name}" for name in self.machine.modules_load]
+        steps += list(self.machine.setup)
+        for step in steps:
+            command = Command(shell=step, env=env, cwd=str(self.ctx.lab_root))
+            try:
+                result = await vm.run(command, timeout=600)
+            except CommandTimeout:
+                raise SetupFailed(f"setup of {self.machine.name}: `{step}` timed out") from None
+            if result.status != 0:
+                output = _last_line(result.stderr) or _last_line(result.stdout)
+                raise SetupFailed(
+                    f"setup of {self.machine.name}: `{step}` exited {result.status}"
+                    + (f": {output}" if output else ""),
+                    details=_tail(result.stdout + result.stderr),
+                )
+
+    async def _discard_vm(self) -> None:
+        vm, self.vm = self.vm, None
+        if vm is not None:
+            await vm.stop()
+
+    def _on_console_line(self, line: str) -> None:
+        if self.current_test is not None and _KERNEL_WARNING.search(line):
+            self._warnings.append(line.strip())
+
+    def _env(self, test_env: tuple[tuple[str, str], ...]) -> dict[str, str]:
+        env = {"PATH": GUEST_PATH, "HOME": "/root", "USER": "root", "LOGNAME": "root"}
+        env.update(dict(self.machine.spec.env))
+        env.update(dict(test_env))
+        return env
+
+    # -- tests ---------------------------------------------------------------
+
+    def _result(
+        self, test: TestSpec, start: datetime, duration: float, outcome: Outcome, **kw: object
+    ) -> TestResult:
+        return TestResult(
+            test_id=str(kw.pop("test_id", test.test_id)),
+            suite=test.suite,
+            domain=test.domain or test.suite,
+            level=test.level,
+            safety=test.safety.value,
+            machine=self.machine.name,
+            vm=self._vm_spec(),
+            start=start,
+            duration_s=duration,
+            outcome=outcome,
+            **kw,  # type: ignore[arg-type]
+        )
+
+    def _record(self, result: TestResult) -> None:
+        self.results.append(result)
+        self.ctx.emit(TestFinished(self.job.id, result))
+        if not result.outcome.ok:
+            root = result.test_id.split("/")[:2]
+            owner = "/".join(root)
+            for test in self.job.tests:
+                if test.test_id == owner:
+                    for capability in test.provides:
+                        self.ctx.failed_capabilities.setdefault(capability, owner)
+
+    async def _run_one(self, test: TestSpec) -> None:
+        start = datetime.now(UTC)
+        blocked = sorted(c for c in test.requires if c in self.ctx.failed_capabilities)
+        if blocked:
+            cap = blocked[0]
+            self._record(
+                self._result(
+                    test, start, 0.0, Outcome.SKIPPED,
+                    message=f"needs '{cap}' from failed {self.ctx.failed_capabilities[cap]}",
+                )
+            )  # fmt: skip
+            return
+        self.ctx.emit(TestStarted(self.job.id, test.test_id, self.machine.name))
+        began = time.monotonic()
+        try:
+            if self._broken is not None:
+                raise self._broken
+            vm = await self._ensure_vm()
+        except VmlabError as exc:
+            # A machine that cannot boot or be set up fails every test it would
+            # have run the same way: do not boot it again for each of them.
+            self._broken = exc
+            self._record(
+                self._result(
+                    test, start, time.monotonic() - began, Outcome.ERROR, message=exc.message,
+                    output_tail=exc.details[-TAIL_BYTES:],
+                )
+            )  # fmt: skip
+            return
+        if test.format is TestFormat.PYTEST:
+            self._record(
+                self._result(
+                    test, start, 0.0, Outcome.ERROR,
+                    message="pytest tests are not supported by this engine yet",
+                )
+            )  # fmt: skip
+            return
+        await self._run_command_test(vm, test, start)
+        if test.test_id in self.job.fresh_vm_after or test.safety in (
+            Safety.RISKY,
+            Safety.DANGEROUS,
+        ):
+            await self._discard_vm()
+
+    async def _run_command_test(self, vm: QemuMachine, test: TestSpec, start: datetime) -> None:
+        assert test.run is not None
+        self.current_test = test.test_id
+        self._warnings = []
+        out_path = self.ctx.run_dir / "output" / f"{_safe_name(test.test_id)}.log"
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        command = Command(shell=test.run, env=self._env(test.env), cwd=str(test.cwd))
+        began = time.monotonic()
+        artifacts: dict[str, str] = {"output": str(out_path)}
+        try:
+            with out_path.open("wb") as out:
+
+                def keep(data: bytes) -> None:
+                    out.write(data)
+
+                try:
+                    result = await vm.run(
+                        command, on_stdout=keep, on_stderr=keep, timeout=test.timeout_s
+                    )
+                except CommandTimeout:
+                    await self._discard_vm()
+                    self._record(
+                        self._result(
+                            test, start, time.monotonic() - began, Outcome.TIMEOUT,
+                            message=f"timed out after {test.timeout_s:g} s",
+                            artifacts={**artifacts, "console": str(vm.console_log_display())},
+                        )
+                    )  # fmt: skip
+                    return
+                except GuestCrashed as exc:
+                    await self._discard_vm()
+                    artifacts["console"] = vm.console_log_display()
+                    self._record(self._crash_result(test, start, began, exc, artifacts))
+                    return
+                except VmlabError as exc:
+                    await self._discard_vm()
+                    self._record(
+                        self._result(
+                            test, start, time.monotonic() - began, Outcome.ERROR,
+                            message=exc.message, artifacts=artifacts,
+                        )
+                    )  # fmt: skip
+                    return
+        finally:
+            self.current_test = None
+        duration = time.monotonic() - began
+        both = result.stdout + result.stderr
+        warning = self._warnings[0] if self._warnings else None
+        if test.format is TestFormat.EXIT:
+            outcome = Outcome.PASSED if result.status == 0 else Outcome.FAILED
+            message = "" if result.ok else f"exit status {result.status}: {_last_line(both)}"
+            if warning and test.safety is Safety.MONITORED:
+                outcome, message = Outcome.FAILED, f"kernel warning during the test: {warning}"
+            self._record(
+                self._result(
+                    test, start, duration, outcome, message=message,
+                    output_tail=_tail(both), artifacts=artifacts,
+                )
+            )  # fmt: skip
+            return
+        parsed = parse(result.stdout.decode("utf-8", "replace"), test.format.value)
+        self._record_parsed(test, start, duration, result.status, parsed, both, artifacts, warning)
+
+    def _record_parsed(
+        self,
+        test: TestSpec,
+        start: datetime,
+        duration: float,
+        status: int,
+        parsed: ParsedOutput,
+        output: bytes,
+        artifacts: Mapping[str, str],
+        warning: str | None,
+    ) -> None:
+        outcome_of = {
+            SubOutcome.PASSED: Outcome.PASSED,
+            SubOutcome.TODO_FAILED: Outcome.PASSED,
+            SubOutcome.SKIPPED: Outcome.SKIPPED,
+            SubOutcome.FAILED: Outcome.FAILED,
+            SubOutcome.ERROR: Outcome.ERROR,
+        }
+        pairs = test_ids(test.test_id, parsed)
+        share = duration / max(1, len(pairs))
+        for test_id, sub in pairs:
+            self._record(
+                self._result(
+                    test, start, sub.duration_s if sub.duration_s is not None else share,
+                    outcome_of[sub.outcome], test_id=test_id, message=sub.message[:500],
+                    output_tail=sub.diagnostics[-TAIL_BYTES:], metrics=dict(sub.metrics),
+                    artifacts=dict(artifacts),
+                )
+            )  # fmt: skip
+        # The command itself: its exit status, the stream's problems, warnings.
+        problems = list(parsed.problems)
+        if status != 0 and all(outcome_of[sub.outcome].ok for _, sub in pairs):
+            problems.append(f"exit status {status}")
+        if not pairs and not problems:
+            problems.append(f"no {test.format.value} results in the output")
+        if warning and test.safety is Safety.MONITORED:
+            problems.append(f"kernel warning during the test: {warning}")
+        if problems:
+            self._record(
+                self._result(
+                    test, start, duration, Outcome.FAILED, message="; ".join(problems)[:500],
+                    output_tail=_tail(output), artifacts=dict(artifacts),
+                )
+            )  # fmt: skip
+
+    def _crash_result(
+        self, test: TestSpec, start: datetime, began: float, exc: GuestCrashed,
+        artifacts: Mapping[str, str],
+    ) -> TestResult:  # fmt: skip
+        crash = exc.crash if isinstance(exc.crash, Crash) else None
+        info = CrashInfo(
+            title=exc.title,
+            kind=crash.kind if crash else "PANIC",
+            signature=crash.signature
+            if crash
+            else hashlib.sha256(exc.title.encode()).hexdigest()[:16],
+            report=exc.details,
+        )
+        return self._result(
+            test, start, time.monotonic() - began, Outcome.CRASH, message=exc.title,
+            output_tail=exc.details[-TAIL_BYTES:], artifacts=dict(artifacts), crash=info,
+        )  # fmt: skip
