@@ -23,6 +23,7 @@ from vmlab.guest.channel import Command
 from vmlab.machine.qemu import BootImage, QemuMachine
 from vmlab.machine.spec import Share
 from vmlab.plan import Job
+from vmlab.pytest_runner import run_pytest
 from vmlab.results.formats import ParsedOutput, SubOutcome, parse, test_ids
 from vmlab.results.model import CrashInfo, Outcome, TestResult, VmSpec
 from vmlab.watch.crashes import Crash
@@ -241,14 +242,9 @@ class Session:
             )  # fmt: skip
             return
         if test.format is TestFormat.PYTEST:
-            self._record(
-                self._result(
-                    test, start, 0.0, Outcome.ERROR,
-                    message="pytest tests are not supported by this engine yet",
-                )
-            )  # fmt: skip
-            return
-        await self._run_command_test(vm, test, start)
+            await self._run_pytest_test(test, start)
+        else:
+            await self._run_command_test(vm, test, start)
         if test.test_id in self.job.fresh_vm_after or test.safety in (
             Safety.RISKY,
             Safety.DANGEROUS,
@@ -317,6 +313,56 @@ class Session:
             return
         parsed = parse(result.stdout.decode("utf-8", "replace"), test.format.value)
         self._record_parsed(test, start, duration, result.status, parsed, both, artifacts, warning)
+
+    async def _reboot(self) -> QemuMachine:
+        await self._discard_vm()
+        return await self._ensure_vm()
+
+    async def _run_pytest_test(self, test: TestSpec, start: datetime) -> None:
+        """Host-side pytest with a `vm` fixture bound to this session's machine."""
+        assert test.pytest is not None
+        began = time.monotonic()
+        self.current_test = test.test_id
+        self._warnings = []
+        workdir = self.ctx.run_dir / "pytest" / _safe_name(test.test_id)
+        try:
+            run = await run_pytest(
+                test.pytest, get_vm=self._ensure_vm, reboot_vm=self._reboot,
+                timeout_s=test.timeout_s, workdir=workdir, lab_dir=self.ctx.lab_root,
+                guest_env=dict(test.env), guest_cwd=str(test.cwd),
+            )  # fmt: skip
+        finally:
+            self.current_test = None
+        out_path = self.ctx.run_dir / "output" / f"{_safe_name(test.test_id)}.log"
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_bytes(run.output)
+        artifacts = {"output": str(out_path)}
+        duration = time.monotonic() - began
+        if run.timed_out:
+            await self._discard_vm()
+            self._record(
+                self._result(
+                    test, start, duration, Outcome.TIMEOUT,
+                    message=f"timed out after {test.timeout_s:g} s",
+                    output_tail=_tail(run.output), artifacts=artifacts,
+                )
+            )  # fmt: skip
+            return
+        if run.crashes:
+            first = run.crashes[0]
+            self._record(self._crash_result(test, start, began, first, artifacts))
+        if run.status in (2, 3, 4) or not run.junit_xml.strip():
+            self._record(
+                self._result(
+                    test, start, duration, Outcome.ERROR,
+                    message=f"pytest exited {run.status}: {_last_line(run.output)}",
+                    output_tail=_tail(run.output), artifacts=artifacts,
+                )
+            )  # fmt: skip
+            return
+        parsed = parse(run.junit_xml, "junit")
+        warning = self._warnings[0] if self._warnings else None
+        self._record_parsed(test, start, duration, 0, parsed, run.output, artifacts, warning)
 
     def _record_parsed(
         self,

@@ -172,3 +172,16 @@ def test_bad_lab_is_one_line_and_starts_nothing(tmp_path: Path, case: str) -> No
     assert expected in lines[0]
     assert "Traceback" not in done.stderr
     assert not (tmp_path / ".vmlab" / "runs").exists()
+
+
+@pytest.mark.timeout(300)
+def test_pytest_lab_test_gets_a_vm_fixture(tmp_path: Path) -> None:
+    done = vmlab("test", str(LABS.parent / "pytest_lab"), "--db", str(tmp_path / "r.db"),
+                 "--out", str(tmp_path / "out"), cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 1, done.stdout + done.stderr
+    tests = json.loads((tmp_path / "out" / "results.json").read_text())["tests"]
+    outcomes = {t["test_id"].rsplit("/", 1)[-1]: t["execution"]["status"] for t in tests}
+    assert outcomes.pop("test_reports_failure") == "failed"
+    assert len(outcomes) >= 5
+    assert set(outcomes.values()) == {"passed"}, outcomes
+    assert all(t["test_id"].startswith("guest/checks/") for t in tests)
