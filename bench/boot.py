@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import subprocess
 import sys
@@ -61,10 +62,16 @@ def bare_argv(vmlinux: Path, initrd: Path, accel: Accel) -> list[str]:
     ]  # fmt: skip
 
 
-def timed(argv: list[str], cwd: Path) -> float:
+def timed(argv: list[str], cwd: Path, env: dict[str, str] | None = None) -> float:
     start = time.monotonic()
     done = subprocess.run(
-        argv, cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True, timeout=600, check=False
+        argv,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=600,
+        check=False,
+        env=env,
     )
     elapsed = time.monotonic() - start
     if done.returncode != 0:
@@ -117,7 +124,9 @@ def main() -> None:
             vng_argv = [str(vng), "-r", str(kernel.path), "--disable-kvm", "--", "true"]
             if accel is Accel.KVM:
                 vng_argv.remove("--disable-kvm")
-            cases["virtme-ng (vng -r KERNEL -- true)"] = lambda: timed(vng_argv, work)
+            # vng runs virtme-run from PATH: put its venv first.
+            vng_env = {**os.environ, "PATH": f"{vng.parent}:{os.environ.get('PATH', '')}"}
+            cases["virtme-ng (vng -r KERNEL -- true)"] = lambda: timed(vng_argv, work, vng_env)
 
         samples: dict[str, list[float]] = {name: [] for name in cases}
         for i in range(args.n):

@@ -12,6 +12,7 @@ import asyncio
 import base64
 import contextlib
 import fcntl
+import os
 import secrets
 import shlex
 import struct
@@ -27,6 +28,12 @@ from vmlab.guest.channel import Command, CommandResult, OutputSink, Stdin
 
 AGENT_DIR = "/run/vmlab"
 SETPRIV = "/usr/bin/setpriv"
+HOST_ENV = "/usr/bin/env"
+_FIND_IN_PATH = (
+    'case $1 in */*) [ -f "$1" ] && [ -x "$1" ]; return;; esac; '
+    'IFS=:; for d in $PATH; do [ -f "${d:-.}/$1" ] && [ -x "${d:-.}/$1" ] && return 0; done; '
+    "return 1;"
+)
 T = TypeVar("T")
 
 
@@ -37,7 +44,9 @@ def job_script(command: Command) -> str:
     cwd = command.cwd or "/"
     lines.append(f"cd {q(cwd)} 2>/dev/null || {{ echo nocwd >{AGENT_DIR}/why; exit 126; }}")
     env = [f"{q(f'{k}={v}')}" for k, v in sorted(command.env.items())]
-    prefix = [f"{AGENT_DIR}/busybox", "env", "-i", *env]
+    # The host's env(1), by absolute path: it looks the command up in PATH like
+    # any shell would, where busybox's env would run its own applets first.
+    prefix = [HOST_ENV, "-i", *env]
     if command.user is not None and command.user.uid != 0:
         user = command.user
         groups = f"--groups={','.join(map(str, user.groups))}" if user.groups else "--clear-groups"
@@ -45,10 +54,13 @@ def job_script(command: Command) -> str:
     if command.shell is not None:
         lines.append("exec " + " ".join([*prefix, "/bin/sh", "-c", q(command.shell)]))
     else:
+        # Found by a PATH walk, not `command -v`: busybox's shell would name its
+        # own applets (ls, cat, ...) where the host's programs are meant.
         path = command.env.get("PATH", "/usr/bin:/bin")
         argv0 = command.argv[0]
+        lines.append(f"vmlab_find() {{ {_FIND_IN_PATH} }}")
         lines.append(
-            f"PATH={q(path)} command -v -- {q(argv0)} >/dev/null 2>&1 || "
+            f"PATH={q(path)} vmlab_find {q(argv0)} || "
             f"{{ echo notfound >{AGENT_DIR}/why; exit 127; }}"
         )
         lines.append("exec " + " ".join([*prefix, *map(q, command.argv)]))
@@ -77,12 +89,15 @@ class _Demux:
 
     def _flush(self) -> None:
         if self._sink is None or self._done is None:
-            return  # stray output between commands waits for the next one
+            # Between commands only a finished command's background processes
+            # write here; that output belongs to no command: drop it.
+            self._buf = b""
+            return
         index = self._buf.find(self._nonce)
         if index >= 0:
             if index:
                 self._sink(self._buf[:index])
-            self._buf = self._buf[index + len(self._nonce) :]
+            self._buf = b""  # whatever follows the nonce is late output too
             self._sink = None
             if not self._done.done():
                 self._done.set_result(None)
@@ -286,10 +301,14 @@ class VirtioSerialChannel:
                 await started.wait()
                 while _unread_bytes(writer) > 0:
                     await asyncio.sleep(0.005)
-            finally:
-                writer.close()
-                with contextlib.suppress(OSError, ConnectionError):
-                    await writer.wait_closed()
+            except BaseException:
+                # The command ended without reading it all: QEMU will never
+                # take the rest, so do not wait for it.
+                writer.transport.abort()
+                raise
+            writer.close()
+            with contextlib.suppress(OSError, ConnectionError):
+                await writer.wait_closed()
 
         return asyncio.create_task(feed(), name="vmlab-stdin")
 
@@ -352,16 +371,20 @@ def _threaded_reader(stream: BinaryIO) -> Callable[[], Awaitable[bytes]]:
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=4)
 
+    fd = stream.fileno()
+
     def pump() -> None:
+        # os.read, not the buffered reader: a thread blocked inside
+        # BufferedReader holds its lock, which aborts interpreter shutdown.
         while True:
             try:
-                chunk = stream.read1(1 << 16) if hasattr(stream, "read1") else stream.read(1 << 16)
-            except (OSError, ValueError):
+                chunk = os.read(fd, 1 << 16)
+            except OSError:
                 chunk = b""
             future = asyncio.run_coroutine_threadsafe(queue.put(chunk), loop)
             try:
                 future.result()
-            except (RuntimeError, asyncio.CancelledError):
+            except BaseException:  # the loop is gone or the command ended
                 return
             if not chunk:
                 return

@@ -81,7 +81,8 @@ class AccelChoice:
     notice: str | None  # one line for the user when auto fell back to TCG
 
 
-async def _boot_probe(kernel: Path, initrd: Path, timeout: float) -> bool:
+async def _boot_probe(kernel: Path, initrd: Path, timeout: float) -> str | None:
+    """None when a guest boots under KVM within `timeout`, else why not."""
     argv = [
         qemu_binary(), "-accel", "kvm", "-cpu", "host", "-M", "pc", "-m", "256M",
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
@@ -92,25 +93,28 @@ async def _boot_probe(kernel: Path, initrd: Path, timeout: float) -> bool:
         *argv,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
         start_new_session=True,
         preexec_fn=kill_on_parent_death,
     )
-    assert proc.stdout is not None
+    assert proc.stdout is not None and proc.stderr is not None
     seen = b""
     try:
         async with asyncio.timeout(timeout):
             while chunk := await proc.stdout.read(4096):
                 seen = (seen + chunk)[-4096:]
                 if PROBE_MARKER in seen:
-                    return True
-        return False
+                    return None
+            # QEMU closed its output: it exited (e.g. it could not set up KVM).
+            await proc.wait()
+            errors = (await proc.stderr.read()).decode(errors="replace").strip().splitlines()
+            return f"QEMU failed under KVM: {errors[-1]}" if errors else "QEMU failed under KVM"
     except TimeoutError:
-        return False
+        return f"a probe guest did not boot under KVM within {timeout:g} s"
     finally:
         if proc.returncode is None:
-            proc.kill()
-        with contextlib.suppress(ProcessLookupError):
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
             await proc.wait()
 
 
@@ -132,14 +136,10 @@ async def choose_accel(
     ).hexdigest()[:24]
     verdict_file = cache_dir("probes") / f"kvm-{key}.json"
     try:
-        works = bool(json.loads(verdict_file.read_text())["kvm_works"])
+        problem = json.loads(verdict_file.read_text())["problem"]
     except (OSError, ValueError, KeyError):
-        works = await _boot_probe(kernel, initrd, KVM_PROBE_TIMEOUT)
-        write_atomic(verdict_file, json.dumps({"kvm_works": works}).encode())
-    if works:
+        problem = await _boot_probe(kernel, initrd, KVM_PROBE_TIMEOUT)
+        write_atomic(verdict_file, json.dumps({"problem": problem}).encode())
+    if problem is None:
         return AccelChoice(Accel.KVM, None)
-    return AccelChoice(
-        Accel.TCG,
-        "using TCG (slow): /dev/kvm exists but a probe guest did not boot under KVM "
-        f"within {KVM_PROBE_TIMEOUT:g} s",
-    )
+    return AccelChoice(Accel.TCG, f"using TCG (slow): /dev/kvm exists but {problem}")

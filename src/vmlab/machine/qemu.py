@@ -29,7 +29,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, TypeVar
 
-from vmlab.errors import BootError, CommandTimeout, GuestCrashed, InfraError, UsageError
+from vmlab.errors import (
+    BootError,
+    CommandTimeout,
+    GuestCrashed,
+    HostError,
+    InfraError,
+    UsageError,
+)
 from vmlab.guest.channel import Command, CommandResult, OutputSink, Stdin
 from vmlab.guest.serial import VirtioSerialChannel
 from vmlab.machine.initramfs import build_initramfs
@@ -69,15 +76,24 @@ class BootImage:
     accel_notice: str | None
 
 
-def _runtime_base() -> Path:
-    xdg = os.environ.get("XDG_RUNTIME_DIR")
-    return Path(xdg) if xdg and os.access(xdg, os.W_OK) else Path(tempfile.gettempdir())
+# Socket paths must fit sockaddr_un (108 bytes): BASE/vmlab-XXXXXXXX/con.sock.
+_MAX_BASE = 80
+
+
+def runtime_base() -> Path:
+    """Where runtime directories go: $XDG_RUNTIME_DIR, else $TMPDIR, else /tmp,
+    the first that is writable and short enough for unix socket paths."""
+    candidates = [os.environ.get("XDG_RUNTIME_DIR"), tempfile.gettempdir(), "/tmp"]
+    for candidate in candidates:
+        if candidate and len(candidate) <= _MAX_BASE and os.access(candidate, os.W_OK):
+            return Path(candidate)
+    raise HostError("no writable runtime directory: set XDG_RUNTIME_DIR or TMPDIR to a short path")
 
 
 def sweep_stale_runtime_dirs() -> None:
     """Remove runtime directories whose vmlab was killed (SIGKILL runs no
     `finally`; PDEATHSIG took its QEMU down, this takes its files)."""
-    for directory in _runtime_base().glob("vmlab-*"):
+    for directory in runtime_base().glob("vmlab-*"):
         try:
             pid = int((directory / OWNER_FILE).read_text())
         except (OSError, ValueError):
@@ -102,6 +118,11 @@ def kernel_cmdline(spec: MachineSpec) -> str:
     return " ".join([*base, *spec.append])
 
 
+def _opt(path: Path) -> str:
+    """A path inside a QEMU option list, where `,` must be written `,,`."""
+    return str(path).replace(",", ",,")
+
+
 def build_argv(qemu: str, image: BootImage, spec: MachineSpec, runtime: Path) -> list[str]:
     """QEMU's command line for a host-root machine (pure; unit tested)."""
     accel = (
@@ -115,16 +136,16 @@ def build_argv(qemu: str, image: BootImage, spec: MachineSpec, runtime: Path) ->
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
         "-kernel", str(image.kernel.boot_path), "-initrd", str(image.initrd),
         "-append", kernel_cmdline(spec),
-        "-chardev", f"socket,id=con,path={runtime / 'con.sock'}",
+        "-chardev", f"socket,id=con,path={_opt(runtime / 'con.sock')}",
         "-serial", "chardev:con",
-        "-qmp", f"unix:{runtime / 'qmp.sock'},server=on,wait=off",
+        "-qmp", f"unix:{_opt(runtime / 'qmp.sock')},server=on,wait=off",
         "-device", "virtio-serial-pci,id=vser",
-        "-chardev", f"socket,id=in,path={runtime / 'in.sock'},server=on,wait=off",
+        "-chardev", f"socket,id=in,path={_opt(runtime / 'in.sock')},server=on,wait=off",
         "-device", "virtserialport,bus=vser.0,chardev=in,name=vmlab.in",
     ]  # fmt: skip
     for port in CLIENT_PORTS:
         argv += [
-            "-chardev", f"socket,id={port},path={runtime / (port + '.sock')}",
+            "-chardev", f"socket,id={port},path={_opt(runtime / (port + '.sock'))}",
             "-device", f"virtserialport,bus=vser.0,chardev={port},name=vmlab.{port}",
         ]  # fmt: skip
     shares = [Share(Path("/"), Path("/"), writable=False), *spec.shares]
@@ -133,7 +154,7 @@ def build_argv(qemu: str, image: BootImage, spec: MachineSpec, runtime: Path) ->
         readonly = "" if share.writable else ",readonly=on"
         argv += [
             "-fsdev",
-            f"local,id=fs{index},path={share.host},security_model=none,multidevs=remap{readonly}",
+            f"local,id=fs{index},path={_opt(share.host)},security_model=none,multidevs=remap{readonly}",
             "-device", f"virtio-9p-pci,fsdev=fs{index},mount_tag={tag}",
         ]  # fmt: skip
     return argv
@@ -218,17 +239,21 @@ class QemuMachine:
         await self.stop()
 
     async def start(self) -> None:
-        """Boot; a boot that stalls is retried once, then raises BootError."""
+        """Boot. A boot that stalls, or whose init gives up, is retried once,
+        then raises BootError; on any failure nothing of the VM is left."""
+        qemu = qemu_binary()
         if self.image is None:
             self.image = await prepare_boot(self.spec)
         if self.spec.modules is not None and self.spec.modules != Path("/lib/modules") / (
             self.image.kernel.kernel.release
         ):
             self.spec = _with_modules_share(self.spec, self.image)
+        if self.console_log_path is not None:
+            self.console_log_path.write_bytes(b"")  # both attempts append to it
         timeout = self.spec.boot_timeout or BOOT_TIMEOUT[self.image.accel]
         for attempt in (1, 2):
             try:
-                await self._boot_once(timeout)
+                await self._boot_once(qemu, timeout)
                 return
             except BootError as exc:
                 await self.stop()
@@ -237,15 +262,21 @@ class QemuMachine:
                         f"the guest did not boot, twice: {exc.message}", details=exc.details
                     ) from None
                 self.state = MachineState.NEW
+            except BaseException:
+                await self.stop()
+                raise
 
-    async def _boot_once(self, timeout: float) -> None:
+    async def _boot_once(self, qemu: str, timeout: float) -> None:
         assert self.image is not None
         self.state = MachineState.BOOTING
         started = time.monotonic()
         sweep_stale_runtime_dirs()
-        self._runtime = Path(tempfile.mkdtemp(prefix="vmlab-", dir=_runtime_base()))
+        self._runtime = Path(tempfile.mkdtemp(prefix="vmlab-", dir=runtime_base()))
         (self._runtime / OWNER_FILE).write_text(f"{os.getpid()}\n")
         self._death = asyncio.get_running_loop().create_future()
+        self.console = Console(
+            self.console_log_path or self._runtime / "console.log", echo=self._console_echo
+        )
         connections: dict[
             str, asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]]
         ] = {}
@@ -256,7 +287,7 @@ class QemuMachine:
                     _accept_once(connections[name]), path=str(self._runtime / f"{name}.sock")
                 )
             )
-        self.argv = build_argv(qemu_binary(), self.image, self.spec, self._runtime)
+        self.argv = build_argv(qemu, self.image, self.spec, self._runtime)
         stderr = (self._runtime / "qemu.stderr").open("wb")
         try:
             self._proc = await asyncio.create_subprocess_exec(
@@ -268,7 +299,7 @@ class QemuMachine:
                 preexec_fn=kill_on_parent_death,
             )
         except OSError as exc:
-            raise InfraError(f"cannot start QEMU: {exc}") from exc
+            raise InfraError(f"cannot start QEMU ({qemu}): {exc.strerror}") from exc
         finally:
             stderr.close()
         self._tasks.append(asyncio.create_task(self._watch_process(), name="vmlab-qemu"))
@@ -281,8 +312,6 @@ class QemuMachine:
             server.close()
         self._servers.clear()
         named = dict(zip(connections, streams, strict=True))
-        log_path = self.console_log_path or self._runtime / "console.log"
-        self.console = Console(log_path, echo=self._console_echo)
         self._tasks.append(
             asyncio.create_task(self._follow_console(named["con"][0]), name="vmlab-con")
         )
@@ -297,7 +326,14 @@ class QemuMachine:
                 details="\n".join(self.console.tail(15)),
             ) from None
         except InfraError as exc:
-            raise BootError(exc.message, details="\n".join(self.console.tail(15))) from None
+            if self._proc.returncode not in (0, None):
+                raise  # QEMU itself failed: retrying would fail the same way
+            # The guest powered off (init gave up) or hung up: say why, retry once.
+            reason = next(
+                (line for line in reversed(self.console.tail(30)) if "vmlab-init:" in line),
+                exc.message,
+            )
+            raise BootError(reason, details="\n".join(self.console.tail(15))) from None
         self.boot_seconds = time.monotonic() - started
         self.state = MachineState.RUNNING
 
@@ -354,7 +390,7 @@ class QemuMachine:
             crash = crashes[0] if crashes else None
             title = crash.title if crash is not None else self.console.panic
             return GuestCrashed(
-                f"the guest kernel crashed: {title} (console log: {self.console.log_path})",
+                f"the guest kernel crashed: {title}{self._log_note()}",
                 title=title,
                 details=crash.report if crash is not None else tail,
                 crash=crash,
@@ -364,9 +400,13 @@ class QemuMachine:
         return InfraError(
             f"QEMU exited unexpectedly with status {code}"
             + (f": {stderr.splitlines()[-1]}" if stderr else "")
-            + (f" (console log: {self.console.log_path})" if self.console_log_path else ""),
+            + self._log_note(),
             details=f"argv: {shlex.join(self.argv)}\nstderr:\n{stderr}\nconsole:\n{tail}",
         )
+
+    def _log_note(self) -> str:
+        """` (console log: PATH)` when the log outlives the VM (it was asked for)."""
+        return f" (console log: {self.console_log_path})" if self.console_log_path else ""
 
     def _qemu_stderr(self) -> str:
         if self._runtime is None:
@@ -398,6 +438,8 @@ class QemuMachine:
                     await proc.wait()
             if self.channel is not None:
                 await self.channel.close()
+            if self.console is not None:
+                self.console.close()
             for task in self._tasks:
                 task.cancel()
             for task in self._tasks:
@@ -449,9 +491,10 @@ class QemuMachine:
             with contextlib.suppress(Exception):
                 await channel.interrupt()
                 await asyncio.wait_for(asyncio.shield(work), 5)
+            where = f" to the console log {self.console_log_path}" if self.console_log_path else ""
             raise CommandTimeout(
                 f"command timed out after {timeout:g} s: {command.describe()} "
-                f"(task states dumped to the console log {self.console_log_display()})"
+                f"(task states dumped{where})"
             ) from None
         finally:
             if not work.done():

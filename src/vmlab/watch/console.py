@@ -28,7 +28,7 @@ class Console:
     def __init__(self, log_path: Path, *, echo: BinaryIO | None = None, keep: int = 200) -> None:
         self.log_path = log_path
         self._echo = echo
-        self._log = log_path.open("wb", buffering=0)
+        self._log = log_path.open("ab", buffering=0)
         self._tail: collections.deque[str] = collections.deque(maxlen=keep)
         self._partial = b""
         self._watchers: list[LineWatcher] = []
@@ -52,7 +52,10 @@ class Console:
             if self._partial:
                 self._line(self._partial)
                 self._partial = b""
-            self._log.close()
+            self.close()
+
+    def close(self) -> None:
+        self._log.close()
 
     def flush_crashes(self) -> list[Crash]:
         """Every crash report so far, including one still open (the VM is gone)."""
@@ -61,7 +64,8 @@ class Console:
 
     def feed(self, data: bytes) -> None:
         self.last_output = time.monotonic()
-        self._log.write(data)
+        if not self._log.closed:
+            self._log.write(data)
         if self._echo is not None:
             self._echo.write(data)
             self._echo.flush()
