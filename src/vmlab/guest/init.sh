@@ -52,6 +52,17 @@ $BB mkdir /rw/upper /rw/work
 $BB mount -t overlay -o lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work overlay /newroot ||
 	fail "cannot mount the overlay on the host root"
 
+# Warm the page cache with what nearly every command maps, in the background:
+# a plain read of these files over 9p takes ~10 ms, while page faults on a
+# cold mmap of them cost ~0.2 s on the first exec under TCG.
+(
+	for f in lib64/ld-linux-x86-64.so.2 lib/x86_64-linux-gnu/libc.so.6 usr/bin/env bin/sh \
+		lib/x86_64-linux-gnu/libm.so.6 lib/x86_64-linux-gnu/libselinux.so.1 \
+		lib/x86_64-linux-gnu/libpcre2-8.so.0; do
+		$BB cat "/lower/$f" >/dev/null 2>&1
+	done
+) &
+
 # The host's own /proc, /sys, /dev, /run and /tmp show through 9p: cover them.
 for dir in proc sys dev; do
 	$BB mount --move "/$dir" "/newroot/$dir" || fail "cannot move /$dir"
