@@ -14,7 +14,8 @@ The tree::
     └── GuestError              something happened inside a guest
         ├── CommandNotFound     the command does not exist in the guest (exit 127)
         ├── CommandTimeout      the command outlived its timeout (exit 124)
-        └── GuestCrashed        the guest kernel panicked or oopsed (exit 120)
+        ├── GuestCrashed        the guest kernel panicked or oopsed (exit 120)
+        └── GuestHung           the guest kernel locked up or stopped answering (exit 121)
 
 A message is one line that names the problem and, where there is one, the fix.
 Evidence (argv, exit status, last console lines) goes in `details`, which the
@@ -38,6 +39,9 @@ class ExitCode(enum.IntEnum):
     USAGE = 2  # bad command line, bad lab file, bad input path
     HOST = 3  # the host lacks something vmlab needs
     GUEST_CRASH = 120  # the guest kernel panicked or oopsed
+    GUEST_HANG = (
+        121  # the guest kernel locked up (soft lockup, hung task, RCU stall) or went silent
+    )
     TIMEOUT = 124  # the guest command outlived --timeout
     INFRA = 125  # QEMU or the boot failed: not the command's fault
     NOT_FOUND = 127  # the command does not exist in the guest
@@ -109,3 +113,16 @@ class GuestCrashed(GuestError):
         super().__init__(message, details=details)
         self.title = title
         self.crash = crash  # the parsed report (vmlab.watch.crashes.Crash), when there is one
+
+
+class GuestHung(GuestError):
+    """The guest locked up or stopped answering; `title` names the hang."""
+
+    exit_code = ExitCode.GUEST_HANG
+
+    def __init__(
+        self, message: str, *, title: str, details: str = "", crash: object | None = None
+    ) -> None:
+        super().__init__(message, details=details)
+        self.title = title
+        self.crash = crash

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from vmlab.config_specs import MachineConfig, Safety, TestFormat, TestSpec
-from vmlab.errors import CommandTimeout, GuestCrashed, VmlabError
+from vmlab.errors import CommandTimeout, GuestCrashed, GuestHung, VmlabError
 from vmlab.guest.channel import Command
 from vmlab.machine.qemu import BootImage, QemuMachine
 from vmlab.machine.spec import Share
@@ -26,6 +26,7 @@ from vmlab.plan import Job
 from vmlab.pytest_runner import run_pytest
 from vmlab.results.formats import ParsedOutput, SubOutcome, parse, test_ids
 from vmlab.results.model import CrashInfo, Outcome, TestResult, VmSpec
+from vmlab.watch.aftermath import Aftermath, Probe, judge, parse_probe, probe_command
 from vmlab.watch.crashes import Crash
 
 GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -251,8 +252,31 @@ class Session:
         ):
             await self._discard_vm()
 
+    async def _probe(self, vm: QemuMachine, *, after: bool) -> Probe | None:
+        """The kernel's taint and memory (and kmemleak, after): None if unreadable."""
+        command = Command(shell=probe_command(after=after), env=self._env(()), cwd="/")
+        try:
+            result = await vm.run(command, timeout=120)
+        except VmlabError:
+            return None
+        return parse_probe(result.stdout.decode("utf-8", "replace"))
+
+    async def _aftermath(
+        self, vm: QemuMachine, before: Probe | None, crashes_before: int
+    ) -> Aftermath:
+        """Judge what the test left: reports printed while it ran, new taint,
+        memory deltas, kmemleak reports."""
+        assert vm.console is not None
+        if vm.console.reporting:
+            await vm.console.settle()
+        crashes = vm.console.flush_crashes()[crashes_before:]
+        after = await self._probe(vm, after=True) if before is not None else None
+        return judge(before, after, crashes)
+
     async def _run_command_test(self, vm: QemuMachine, test: TestSpec, start: datetime) -> None:
-        assert test.run is not None
+        assert test.run is not None and vm.console is not None
+        before = await self._probe(vm, after=False)
+        crashes_before = len(vm.console.crashes)
         self.current_test = test.test_id
         self._warnings = []
         out_path = self.ctx.run_dir / "output" / f"{_safe_name(test.test_id)}.log"
@@ -280,7 +304,7 @@ class Session:
                         )
                     )  # fmt: skip
                     return
-                except GuestCrashed as exc:
+                except (GuestCrashed, GuestHung) as exc:
                     await self._discard_vm()
                     artifacts["console"] = vm.console_log_display()
                     self._record(self._crash_result(test, start, began, exc, artifacts))
@@ -297,22 +321,39 @@ class Session:
         finally:
             self.current_test = None
         duration = time.monotonic() - began
+        aftermath = await self._aftermath(vm, before, crashes_before)
+        if self._warnings and test.safety is Safety.MONITORED:
+            aftermath.problems.insert(0, f"kernel warning during the test: {self._warnings[0]}")
+        if aftermath.crash is not None:
+            artifacts["console"] = vm.console_log_display()
+            await self._discard_vm()  # the kernel reported a bug: never trust it again
         both = result.stdout + result.stderr
-        warning = self._warnings[0] if self._warnings else None
         if test.format is TestFormat.EXIT:
-            outcome = Outcome.PASSED if result.status == 0 else Outcome.FAILED
-            message = "" if result.ok else f"exit status {result.status}: {_last_line(both)}"
-            if warning and test.safety is Safety.MONITORED:
-                outcome, message = Outcome.FAILED, f"kernel warning during the test: {warning}"
-            self._record(
-                self._result(
-                    test, start, duration, outcome, message=message,
-                    output_tail=_tail(both), artifacts=artifacts,
-                )
-            )  # fmt: skip
+            self._record_exit(test, start, duration, result.status, both, artifacts, aftermath)
             return
         parsed = parse(result.stdout.decode("utf-8", "replace"), test.format.value)
-        self._record_parsed(test, start, duration, result.status, parsed, both, artifacts, warning)
+        self._record_parsed(
+            test, start, duration, result.status, parsed, both, artifacts, aftermath
+        )
+
+    def _record_exit(
+        self, test: TestSpec, start: datetime, duration: float, status: int, output: bytes,
+        artifacts: Mapping[str, str], aftermath: Aftermath,
+    ) -> None:  # fmt: skip
+        outcome = Outcome.PASSED if status == 0 else Outcome.FAILED
+        message = "" if status == 0 else f"exit status {status}: {_last_line(output)}"
+        if aftermath.problems:
+            outcome, message = Outcome.FAILED, "; ".join(aftermath.problems)[:500]
+        crash = None
+        if aftermath.crash is not None:
+            outcome, message = Outcome.CRASH, aftermath.crash.title
+            crash = _crash_info(aftermath.crash.title, aftermath.crash)
+        self._record(
+            self._result(
+                test, start, duration, outcome, message=message, output_tail=_tail(output),
+                artifacts=dict(artifacts), metrics=aftermath.metrics, crash=crash,
+            )
+        )  # fmt: skip
 
     async def _reboot(self) -> QemuMachine:
         await self._discard_vm()
@@ -361,8 +402,10 @@ class Session:
             )  # fmt: skip
             return
         parsed = parse(run.junit_xml, "junit")
-        warning = self._warnings[0] if self._warnings else None
-        self._record_parsed(test, start, duration, 0, parsed, run.output, artifacts, warning)
+        aftermath = Aftermath()
+        if self._warnings and test.safety is Safety.MONITORED:
+            aftermath.problems.append(f"kernel warning during the test: {self._warnings[0]}")
+        self._record_parsed(test, start, duration, 0, parsed, run.output, artifacts, aftermath)
 
     def _record_parsed(
         self,
@@ -373,7 +416,7 @@ class Session:
         parsed: ParsedOutput,
         output: bytes,
         artifacts: Mapping[str, str],
-        warning: str | None,
+        aftermath: Aftermath,
     ) -> None:
         outcome_of = {
             SubOutcome.PASSED: Outcome.PASSED,
@@ -393,36 +436,48 @@ class Session:
                     artifacts=dict(artifacts),
                 )
             )  # fmt: skip
-        # The command itself: its exit status, the stream's problems, warnings.
+        # The command as a whole is a result too (SUITE/TEST): its exit status, the
+        # stream's problems, what it left in the kernel, its real duration and
+        # the command's metrics (memory deltas).
         problems = list(parsed.problems)
         if status != 0 and all(outcome_of[sub.outcome].ok for _, sub in pairs):
             problems.append(f"exit status {status}")
         if not pairs and not problems:
             problems.append(f"no {test.format.value} results in the output")
-        if warning and test.safety is Safety.MONITORED:
-            problems.append(f"kernel warning during the test: {warning}")
-        if problems:
-            self._record(
-                self._result(
-                    test, start, duration, Outcome.FAILED, message="; ".join(problems)[:500],
-                    output_tail=_tail(output), artifacts=dict(artifacts),
-                )
-            )  # fmt: skip
+        problems += aftermath.problems
+        outcome = Outcome.FAILED if problems else Outcome.PASSED
+        message = "; ".join(problems)[:500]
+        crash = None
+        if aftermath.crash is not None:
+            outcome, message = Outcome.CRASH, aftermath.crash.title
+            crash = _crash_info(aftermath.crash.title, aftermath.crash)
+        if any(test_id == test.test_id for test_id, _ in pairs):
+            return  # a whole-command skip (1..0 # SKIP) is already this result
+        self._record(
+            self._result(
+                test, start, duration, outcome, message=message,
+                output_tail=_tail(output), artifacts=dict(artifacts),
+                metrics=aftermath.metrics, crash=crash,
+            )
+        )  # fmt: skip
 
     def _crash_result(
-        self, test: TestSpec, start: datetime, began: float, exc: GuestCrashed,
+        self, test: TestSpec, start: datetime, began: float, exc: GuestCrashed | GuestHung,
         artifacts: Mapping[str, str],
     ) -> TestResult:  # fmt: skip
         crash = exc.crash if isinstance(exc.crash, Crash) else None
-        info = CrashInfo(
-            title=exc.title,
-            kind=crash.kind if crash else "PANIC",
-            signature=crash.signature
-            if crash
-            else hashlib.sha256(exc.title.encode()).hexdigest()[:16],
-            report=exc.details,
-        )
+        outcome = Outcome.HANG if isinstance(exc, GuestHung) else Outcome.CRASH
         return self._result(
-            test, start, time.monotonic() - began, Outcome.CRASH, message=exc.title,
-            output_tail=exc.details[-TAIL_BYTES:], artifacts=dict(artifacts), crash=info,
+            test, start, time.monotonic() - began, outcome, message=exc.title,
+            output_tail=exc.details[-TAIL_BYTES:], artifacts=dict(artifacts),
+            crash=_crash_info(exc.title, crash, exc.details),
         )  # fmt: skip
+
+
+def _crash_info(title: str, crash: Crash | None, report: str = "") -> CrashInfo:
+    """The stored form of a crash; without a parsed report, the title is all."""
+    if crash is None:
+        signature = hashlib.sha256(title.encode()).hexdigest()[:16]
+        return CrashInfo(title=title, kind="PANIC", signature=signature, report=report)
+    return CrashInfo(title=title, kind=str(crash.kind), signature=crash.signature,
+                     report=crash.report)  # fmt: skip

@@ -55,6 +55,9 @@ def test_tap_subtests_become_results_with_metrics(smoke_run: dict[str, Any]) -> 
     assert status(smoke_run, "basic/tap/second") == "failed"
     assert smoke_run["by_id"]["basic/tap/second"]["metrics"] == {"speed": 12.5}
     assert status(smoke_run, "basic/tap/third") == "skipped"
+    # The command itself: it exited 0 and left the kernel clean, with its metrics.
+    assert status(smoke_run, "basic/tap") == "passed"
+    assert "mem_available_delta_kib" in smoke_run["by_id"]["basic/tap"]["metrics"]
 
 
 @pytest.mark.timeout(600)
@@ -77,10 +80,10 @@ def test_reports_and_store_agree(smoke_run: dict[str, Any]) -> None:
     junit = work / "out" / "junit.xml"
     xmlschema.XMLSchema(str(XSD)).validate(str(junit))
     summary = smoke_run["results"]["summary"]["domains"]["kernel_module"]
-    assert (summary["passed"], summary["skipped"]) == (4, 1)
+    assert (summary["passed"], summary["skipped"]) == (5, 1)
     with Store.open(f"sqlite:///{work / 'r.db'}") as store:
         run = store.get_run("latest")
-    assert len(run.results) == len(smoke_run["by_id"]) == 10
+    assert len(run.results) == len(smoke_run["by_id"]) == 11
     assert run.status.value == "completed"
     shown = vmlab("show", "latest", "--db", str(work / "r.db"), cwd=work)
     assert shown.returncode == 1
@@ -112,7 +115,7 @@ def test_postgresql_store(tmp_path: Path, pg_url: str) -> None:
     with Store.open(pg_url) as store:
         run = store.get_run("latest")
     outcomes = {r.test_id: r.outcome.value for r in run.results}
-    assert outcomes == {"basic/ok": "passed", "basic/tap/first": "passed",
+    assert outcomes == {"basic/ok": "passed", "basic/tap": "passed", "basic/tap/first": "passed",
                         "basic/tap/second": "failed", "basic/tap/third": "skipped"}  # fmt: skip
 
 
@@ -184,4 +187,4 @@ def test_pytest_lab_test_gets_a_vm_fixture(tmp_path: Path) -> None:
     assert outcomes.pop("test_reports_failure") == "failed"
     assert len(outcomes) >= 5
     assert set(outcomes.values()) == {"passed"}, outcomes
-    assert all(t["test_id"].startswith("guest/checks/") for t in tests)
+    assert all(t["test_id"].startswith("guest/checks") for t in tests)

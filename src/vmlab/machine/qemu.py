@@ -33,6 +33,7 @@ from vmlab.errors import (
     BootError,
     CommandTimeout,
     GuestCrashed,
+    GuestHung,
     HostError,
     InfraError,
     UsageError,
@@ -42,9 +43,11 @@ from vmlab.guest.serial import VirtioSerialChannel
 from vmlab.machine.initramfs import build_initramfs
 from vmlab.machine.kernel import BootableKernel, bootable, find_default_kernel, inspect_kernel
 from vmlab.machine.probes import choose_accel, qemu_binary
+from vmlab.machine.qmp import send_sysrq
 from vmlab.machine.spec import Accel, MachineSpec, Share
 from vmlab.machine.subprocess_util import kill_on_parent_death
 from vmlab.watch.console import Console
+from vmlab.watch.crash_patterns import Kind
 
 T = TypeVar("T")
 
@@ -53,7 +56,12 @@ T = TypeVar("T")
 CLIENT_PORTS = ("ctl", "sys", "out", "err")
 BOOT_TIMEOUT = {Accel.KVM: 20.0, Accel.TCG: 60.0}
 STOP_GRACE = 5.0
+HEARTBEAT_INTERVAL = 5.0
+HEARTBEAT_TIMEOUT = 20.0  # generous: a busy TCG host can be slow to schedule the agent
 OWNER_FILE = "owner.pid"
+HANG_KINDS = frozenset(
+    {Kind.SOFT_LOCKUP, Kind.HARD_LOCKUP, Kind.HUNG_TASK, Kind.RCU_STALL, Kind.WORKQUEUE_LOCKUP}
+)
 
 
 class MachineState(enum.Enum):
@@ -110,10 +118,11 @@ def kernel_cmdline(spec: MachineSpec) -> str:
     # panic=-1 with -no-reboot: a panic ends QEMU at once; oops=panic: an oops
     # leaves the kernel untrustworthy, so it ends the VM too. acpi=noirq: PCI
     # interrupts routed without ACPI's interrupt links, whose AML costs ~0.1 s
-    # per device under TCG (virtio uses MSI-X anyway).
+    # per device under TCG (virtio uses MSI-X anyway). sysrq_always_enabled:
+    # SysRq from the emulated keyboard (QMP) even where the distribution masks it.
     base = [
         "console=ttyS0", "panic=-1", "oops=panic", "rdinit=/init", "8250.nr_uarts=1",
-        "acpi=noirq",
+        "acpi=noirq", "sysrq_always_enabled",
     ]  # fmt: skip
     return " ".join([*base, *spec.append])
 
@@ -473,19 +482,28 @@ class QemuMachine:
         capture: bool = True,
         timeout: float | None = None,
     ) -> CommandResult:
-        """Run a command in the guest. A crash of the guest raises GuestCrashed;
-        outliving `timeout` dumps the guest's tasks to the console, kills the
-        command and raises CommandTimeout."""
+        """Run a command in the guest.
+
+        A crash of the guest raises GuestCrashed. A lockup report on the console
+        (soft lockup, hung task, RCU stall) or a guest that stops answering the
+        heartbeat raises GuestHung, after the guest's tasks were dumped to the
+        console. Outliving `timeout` dumps the tasks, kills the command and
+        raises CommandTimeout; the machine stays usable after that one.
+        """
         if self.state is not MachineState.RUNNING or self.channel is None:
             raise InfraError(f"machine {self.spec.name} is not running ({self.state.value})")
-        channel = self.channel
+        assert self.console is not None
+        channel, console = self.channel, self.console
+        console.hung.clear()
+        crashes_before = len(console.crashes)
         work = asyncio.ensure_future(
             channel.run(
                 command, stdin=stdin, on_stdout=on_stdout, on_stderr=on_stderr, capture=capture
             )
         )
+        hang = asyncio.ensure_future(self._watch_for_hang(channel, console))
         try:
-            return await self._guard(asyncio.shield(work), timeout=timeout)
+            return await self._guard(_first_of(asyncio.shield(work), hang), timeout=timeout)
         except TimeoutError:
             await self.dump_tasks()
             with contextlib.suppress(Exception):
@@ -496,26 +514,67 @@ class QemuMachine:
                 f"command timed out after {timeout:g} s: {command.describe()} "
                 f"(task states dumped{where})"
             ) from None
+        except _Hang as exc:
+            raise await self._hang_error(exc.reason, crashes_before) from None
         finally:
-            if not work.done():
-                work.cancel()
-            with contextlib.suppress(BaseException):
-                await work  # retrieve its outcome: the VM's death already explains it
+            for task in (work, hang):
+                if not task.done():
+                    task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task  # retrieve its outcome: the VM's fate already explains it
+
+    async def _watch_for_hang(self, channel: VirtioSerialChannel, console: Console) -> str:
+        """Return why the guest counts as hung: a lockup report on the console,
+        or no answer to the heartbeat. Runs beside every command."""
+        report = asyncio.ensure_future(console.hung.wait())
+        beat = asyncio.ensure_future(_heartbeat(channel))
+        try:
+            done, _ = await asyncio.wait({report, beat}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (report, beat):
+                task.cancel()
+        if report in done:
+            return console.hang or "a lockup report on the console"
+        return beat.result()
+
+    async def _hang_error(self, reason: str, crashes_before: int) -> GuestHung:
+        """Dump the hung guest's tasks, then name the hang from what it printed."""
+        assert self.console is not None
+        await self.dump_tasks("wt", agent_first=False)
+        crashes = self.console.flush_crashes()[crashes_before:]
+        hang = next((c for c in crashes if c.kind in HANG_KINDS), None)
+        title = hang.title if hang is not None else reason
+        self.state = MachineState.DEAD  # never trusted again
+        return GuestHung(
+            f"the guest hung: {title}{self._log_note()}",
+            title=title,
+            details=hang.report if hang is not None else "\n".join(self.console.tail(40)),
+            crash=hang,
+        )
 
     def console_log_display(self) -> str:
         return str(self.console.log_path) if self.console is not None else "(none)"
 
-    async def dump_tasks(self, letters: str = "t") -> None:
-        """Ask the guest kernel for its task states (t: every task with its stack) via
-        SysRq and give the console a moment to print them."""
-        if self.channel is None or self.console is None:
+    async def dump_tasks(self, letters: str = "t", *, agent_first: bool = True) -> None:
+        """Ask the guest kernel for task states via SysRq (t: every task with its
+        stack; w: blocked tasks) and let the console print them. The agent is
+        asked first when the guest answers; the emulated keyboard (QMP) works
+        even when no guest process can run."""
+        if self.console is None or self._runtime is None:
             return
-        with contextlib.suppress(Exception):
-            await self.channel.sysrq(letters, timeout=3)
-        # Wait until the console has been quiet for half a second (max 5 s).
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and time.monotonic() - self.console.last_output < 0.5:
-            await asyncio.sleep(0.1)
+        done = False
+        if agent_first and self.channel is not None:
+            try:
+                await self.channel.sysrq(letters, timeout=3)
+                done = True
+            except Exception:  # the keyboard path below is the fallback
+                done = False
+        if not done:
+            for letter in letters:
+                with contextlib.suppress(Exception):
+                    await send_sysrq(self._runtime / "qmp.sock", letter)
+                await self.console.settle(quiet=0.5, limit=5)
+        await self.console.settle(quiet=0.5, limit=5)
 
     @property
     def pid(self) -> int | None:
@@ -524,6 +583,33 @@ class QemuMachine:
     @property
     def runtime_dir(self) -> Path | None:
         return self._runtime
+
+
+class _Hang(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+async def _first_of(work: Awaitable[T], hang: asyncio.Future[str]) -> T:
+    """`work`'s result, unless `hang` finishes first: then raise _Hang."""
+    task = asyncio.ensure_future(work)
+    waiters: set[asyncio.Future[Any]] = {task, hang}
+    done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    if task in done:
+        return task.result()
+    task.cancel()
+    raise _Hang(hang.result())
+
+
+async def _heartbeat(channel: VirtioSerialChannel) -> str:
+    """Ping the agent's control loop until it stops answering; say for how long."""
+    while True:
+        await asyncio.sleep(HEARTBEAT_INTERVAL)
+        try:
+            await channel.ping(timeout=HEARTBEAT_TIMEOUT)
+        except TimeoutError:
+            return f"the guest stopped answering for {HEARTBEAT_TIMEOUT:g} s"
 
 
 def _accept_once(

@@ -20,6 +20,12 @@ from vmlab.watch.crashes import Crash, CrashScanner
 LineWatcher = Callable[[str], None]
 
 _PANIC = re.compile(r"Kernel panic - not syncing: ?(.*)$")
+# The first line of the reports that mean the guest is (or was) stuck.
+_HANG = re.compile(
+    r"BUG: soft lockup - CPU#|INFO: task \S.* blocked for more than \d+ seconds"
+    r"|rcu: INFO: rcu_\w+ (self-)?detected stalls?|INFO: rcu_\w+ (self-)?detected stalls?"
+    r"|Watchdog detected hard LOCKUP|BUG: workqueue lockup"
+)
 
 
 class Console:
@@ -37,6 +43,8 @@ class Console:
         self.panicked = asyncio.Event()
         self.crashes: list[Crash] = []  # complete crash reports, in order
         self._scanner = CrashScanner()
+        self.hang: str | None = None  # the first line of the latest lockup report
+        self.hung = asyncio.Event()
 
     def watch(self, watcher: LineWatcher) -> None:
         self._watchers.append(watcher)
@@ -62,6 +70,18 @@ class Console:
         self.crashes.extend(self._scanner.finish())
         return self.crashes
 
+    @property
+    def reporting(self) -> bool:
+        """True while a crash report is being printed (started, not ended)."""
+        return self._scanner.reporting
+
+    async def settle(self, *, quiet: float = 0.5, limit: float = 5.0) -> None:
+        """Wait until the console has been quiet for `quiet` s, at most `limit` s:
+        a report being printed then arrives whole."""
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline and time.monotonic() - self.last_output < quiet:
+            await asyncio.sleep(0.05)
+
     def feed(self, data: bytes) -> None:
         self.last_output = time.monotonic()
         if not self._log.closed:
@@ -77,6 +97,9 @@ class Console:
         line = raw.decode("utf-8", "replace").rstrip("\r")
         self._tail.append(line)
         self.crashes.extend(self._scanner.feed(line))
+        if _HANG.search(line):
+            self.hang = line.strip()
+            self.hung.set()
         match = _PANIC.search(line)
         if match and self.panic is None:
             self.panic = f"kernel panic: {match.group(1).strip()}"

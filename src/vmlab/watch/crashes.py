@@ -297,6 +297,11 @@ class CrashScanner:
             self._step(_normalize(piece, self._lineno), out)
         return out
 
+    @property
+    def reporting(self) -> bool:
+        """True while a report has started and not ended yet."""
+        return bool(self._open)
+
     def finish(self) -> list[Crash]:
         """The end of the log: close the reports still open."""
         out = [self._close(rep) for rep in sorted(self._open.values(), key=_first_line)]
