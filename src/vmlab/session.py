@@ -322,8 +322,9 @@ class Session:
             self.current_test = None
         duration = time.monotonic() - began
         aftermath = await self._aftermath(vm, before, crashes_before)
-        if self._warnings and test.safety is Safety.MONITORED:
-            aftermath.problems.insert(0, f"kernel warning during the test: {self._warnings[0]}")
+        if self._warnings and test.safety is Safety.MONITORED and not aftermath.problems:
+            # A warning line that is no full report (a parsed WARNING is a problem already).
+            aftermath.problems.append(f"kernel warning during the test: {self._warnings[0]}")
         if aftermath.crash is not None:
             artifacts["console"] = vm.console_log_display()
             await self._discard_vm()  # the kernel reported a bug: never trust it again
@@ -476,8 +477,9 @@ class Session:
 
 def _crash_info(title: str, crash: Crash | None, report: str = "") -> CrashInfo:
     """The stored form of a crash; without a parsed report, the title is all."""
-    if crash is None:
+    if crash is None:  # a panic or a silent hang the parser could not name
+        kind = "HANG" if title.startswith("the guest stopped answering") else "PANIC"
         signature = hashlib.sha256(title.encode()).hexdigest()[:16]
-        return CrashInfo(title=title, kind="PANIC", signature=signature, report=report)
+        return CrashInfo(title=title, kind=kind, signature=signature, report=report)
     return CrashInfo(title=title, kind=str(crash.kind), signature=crash.signature,
                      report=crash.report)  # fmt: skip

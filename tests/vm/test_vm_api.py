@@ -236,3 +236,16 @@ async def test_the_kvm_probe_leaves_no_stray_warnings(
         probes += 1
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert warnings == [], f"after {probes} probes"
+
+
+@pytest.mark.timeout(180)
+async def test_control_loop_answers_while_a_command_runs(vm_env: VmEnv) -> None:
+    # Heartbeats, SysRq and kill requests travel beside a running command; an
+    # answer lost on the way would turn every long test into a false HANG.
+    async with QemuMachine(MachineSpec(accel=Accel.TCG)) as vm:
+        assert vm.channel is not None
+        running = asyncio.ensure_future(vm.run(Command(argv=("sleep", "3"), env={"PATH": PATH})))
+        await asyncio.sleep(0.5)
+        await vm.channel.ping(timeout=5)
+        await vm.channel.sysrq("h", timeout=5)
+        assert (await running).status == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from vmlab.errors import UsageError
@@ -55,10 +56,11 @@ def show_run(db: str | None, run_id: str) -> int:
     if crashes:
         console.print("\ncrashes by signature:")
         for title, tests in crashes.items():
-            console.print(f"  {title}: {len(tests)}x ({', '.join(tests)})")
+            console.print(f"  {title}: {len(tests)}x ({', '.join(tests)})", markup=False)
     for result in failures:
         console.print(
-            f"\n[bold]{result.outcome.value.upper()}[/] {result.test_id}: {result.message}"
+            f"\n[bold]{result.outcome.value.upper()}[/] {escape(result.test_id)}: "
+            f"{escape(result.message)}"
         )
         tail = result.output_tail.rstrip().splitlines()[-TAIL_LINES:]
         for line in tail:

@@ -173,7 +173,7 @@ class VirtioSerialChannel:
 
     async def _read_sys(self) -> None:
         while line := await self._sys_r.readline():
-            words = line.decode(errors="replace").split(maxsplit=1)
+            words = line.decode(errors="replace").strip().split(maxsplit=1)
             if len(words) == 2:
                 waiter = self._sys_waiters.pop(f"{words[0]} {words[1]}", None)
                 if waiter is not None and not waiter.done():

@@ -540,7 +540,7 @@ class QemuMachine:
     async def _hang_error(self, reason: str, crashes_before: int) -> GuestHung:
         """Dump the hung guest's tasks, then name the hang from what it printed."""
         assert self.console is not None
-        await self.dump_tasks("wt", agent_first=False)
+        await self.dump_tasks("wlt", agent_first=False)
         crashes = self.console.flush_crashes()[crashes_before:]
         hang = next((c for c in crashes if c.kind in HANG_KINDS), None)
         title = hang.title if hang is not None else reason
@@ -557,24 +557,24 @@ class QemuMachine:
 
     async def dump_tasks(self, letters: str = "t", *, agent_first: bool = True) -> None:
         """Ask the guest kernel for task states via SysRq (t: every task with its
-        stack; w: blocked tasks) and let the console print them. The agent is
+        stack; w: blocked tasks; l: what each CPU runs) and let the console
+        print each dump whole. The agent is
         asked first when the guest answers; the emulated keyboard (QMP) works
         even when no guest process can run."""
         if self.console is None or self._runtime is None:
             return
-        done = False
         if agent_first and self.channel is not None:
-            try:
-                await self.channel.sysrq(letters, timeout=3)
-                done = True
-            except Exception:  # the keyboard path below is the fallback
-                done = False
-        if not done:
-            for letter in letters:
-                with contextlib.suppress(Exception):
-                    await send_sysrq(self._runtime / "qmp.sock", letter)
-                await self.console.settle(quiet=0.5, limit=5)
-        await self.console.settle(quiet=0.5, limit=5)
+            with contextlib.suppress(Exception):  # the keyboard path below is the fallback
+                for letter in letters:
+                    asked = time.monotonic()
+                    await self.channel.sysrq(letter, timeout=3)
+                    await self.console.settle(since=asked)
+                return
+        for letter in letters:
+            asked = time.monotonic()
+            with contextlib.suppress(Exception):
+                await send_sysrq(self._runtime / "qmp.sock", letter)
+            await self.console.settle(since=asked)
 
     @property
     def pid(self) -> int | None:
@@ -595,10 +595,13 @@ async def _first_of(work: Awaitable[T], hang: asyncio.Future[str]) -> T:
     """`work`'s result, unless `hang` finishes first: then raise _Hang."""
     task = asyncio.ensure_future(work)
     waiters: set[asyncio.Future[Any]] = {task, hang}
-    done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    try:
+        done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not task.done():
+            task.cancel()  # also when we are cancelled: nothing may be left pending
     if task in done:
         return task.result()
-    task.cancel()
     raise _Hang(hang.result())
 
 

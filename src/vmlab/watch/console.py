@@ -75,10 +75,18 @@ class Console:
         """True while a crash report is being printed (started, not ended)."""
         return self._scanner.reporting
 
-    async def settle(self, *, quiet: float = 0.5, limit: float = 5.0) -> None:
-        """Wait until the console has been quiet for `quiet` s, at most `limit` s:
-        a report being printed then arrives whole."""
-        deadline = time.monotonic() + limit
+    async def settle(
+        self, *, since: float | None = None, quiet: float = 0.5, limit: float = 5.0
+    ) -> None:
+        """Wait until the console has printed something after `since` (when
+        given; at most 3 s) and then been quiet for `quiet` s, at most `limit` s
+        in all: a report or a SysRq dump being printed then arrives whole."""
+        now = time.monotonic()
+        deadline = now + limit
+        if since is not None:
+            started = min(deadline, now + 3.0)
+            while time.monotonic() < started and self.last_output <= since:
+                await asyncio.sleep(0.05)
         while time.monotonic() < deadline and time.monotonic() - self.last_output < quiet:
             await asyncio.sleep(0.05)
 
