@@ -15,7 +15,9 @@ import difflib
 import hashlib
 import os
 import re
+import shlex
 from collections.abc import Iterable, Mapping
+from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
 from typing import Literal, NoReturn
@@ -197,7 +199,7 @@ class _Resolver:
             self.fail((*at, "domain"), "empty domain (leave it out to use the suite's name)")
         self.check_caps(model.requires, (*at, "requires"), provided, f"suite {name}")
         self.check_caps(model.provides, (*at, "provides"), None, "")
-        if not model.test:
+        if not model.test and model.module_cycles is None:
             self.fail(at, f"no tests (add a [[suite.{name}.test]] table)")
         seen: dict[str, int] = {}
         tests = []
@@ -214,6 +216,8 @@ class _Resolver:
                     seen=seen,
                 )
             )
+        if model.module_cycles is not None:
+            tests.append(self.module_cycles(name, model, lab, machine, seen))
         return SuiteSpec(
             name=name,
             machine=machine,
@@ -282,6 +286,51 @@ class _Resolver:
             env=tuple({**dict(suite_env), **dict(self.env(model.env, (*at, "env")))}.items()),
             cwd=cwd,
             description=model.description,
+            where=self.where(at),
+        )
+
+    def module_cycles(
+        self, suite_name: str, suite: SuiteModel, lab: LabFileModel, machine: str,
+        seen: dict[str, int],
+    ) -> TestSpec:  # fmt: skip
+        """The suite's load/unload cycle check, as one more (monitored) TAP test."""
+        check = suite.module_cycles
+        assert check is not None
+        at: KeyPath = ("suite", suite_name, "module_cycles")
+        name = "module-cycles"
+        if name in seen:
+            self.fail(at, f"a test is already named {name!r} (rename it to use module_cycles)")
+        module = check.module
+        if module.endswith(".ko") or "/" in module:
+            # Relative to the lab; it need not exist yet (a test may build it).
+            module = os.path.abspath(self.root / Path(module).expanduser())
+        script = resources.files("vmlab.guest").joinpath("module_cycles.sh")
+        run = " ".join(
+            shlex.quote(part)
+            for part in (
+                "sh",
+                str(script),
+                module,
+                str(check.cycles),
+                str(check.slab_tolerance_kib),
+                *check.params,
+            )
+        )
+        defaults = lab.lab.defaults
+        return TestSpec(
+            suite=suite_name,
+            name=name,
+            run=run,
+            format=TestFormat.TAP,
+            domain=suite.domain or suite_name,
+            machine=machine,
+            level=suite.level,
+            safety=Safety.MONITORED,
+            timeout_s=check.timeout or suite.timeout or defaults.timeout or DEFAULT_TIMEOUT_S,
+            requires=frozenset(suite.requires),
+            env=self.env(suite.env, ("suite", suite_name, "env")),
+            cwd=self.root,
+            description=f"{check.cycles} load/unload cycles of {check.module}; slab growth",
             where=self.where(at),
         )
 

@@ -169,6 +169,16 @@ class TestModel(_Model):
     env: dict[str, str] = Field(default_factory=dict)
 
 
+class ModuleCyclesModel(_Model):
+    """`[suite.NAME.module_cycles]`: a load/unload cycle check of one module."""
+
+    module: str  # a .ko path (relative to the lab) or a module name
+    params: list[str] = Field(default_factory=list)  # PARAM=VALUE given to every load
+    cycles: int = Field(default=10, ge=2, le=10000)
+    slab_tolerance_kib: int = Field(default=256, ge=0)  # unreclaimable slab growth allowed
+    timeout: Seconds | None = None
+
+
 class SuiteModel(_Model):
     """`[suite.NAME]`."""
 
@@ -183,6 +193,7 @@ class SuiteModel(_Model):
     provides: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
     test: list[TestModel] = Field(default_factory=list)
+    module_cycles: ModuleCyclesModel | None = None
 
 
 class LabFileModel(_Model):

@@ -57,6 +57,7 @@ CLIENT_PORTS = ("ctl", "sys", "out", "err")
 BOOT_TIMEOUT = {Accel.KVM: 20.0, Accel.TCG: 60.0}
 STOP_GRACE = 5.0
 HEARTBEAT_INTERVAL = 5.0
+DEATH_GRACE = 5.0  # how long a lost agent may wait for the VM's death to show
 HEARTBEAT_TIMEOUT = 20.0  # generous: a busy TCG host can be slow to schedule the agent
 OWNER_FILE = "owner.pid"
 HANG_KINDS = frozenset(
@@ -378,6 +379,13 @@ class QemuMachine:
             task.cancel()
             raise
         if task in done:
+            if isinstance(task.exception(), InfraError) and not self._death.done():
+                # The guest hung up: most likely the VM is dying (a panic), and
+                # its console or exit has not been seen yet. Give them a moment.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(self._death), DEATH_GRACE)
+            if isinstance(task.exception(), InfraError) and self._death.done():
+                raise await self._death_error()
             return task.result()
         task.cancel()
         with contextlib.suppress(BaseException):

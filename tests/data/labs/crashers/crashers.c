@@ -197,8 +197,31 @@ CRASHERS_FOPS(softlockup);
 CRASHERS_FOPS(hung);
 CRASHERS_FOPS(leak);
 
+/*
+ * leak_on_load_kib=N: leak N KiB (in 1 KiB pieces) on every load, never freed
+ * at unload: what vmlab's module load/unload cycle check must catch.
+ */
+static int leak_on_load_kib;
+module_param(leak_on_load_kib, int, 0444);
+MODULE_PARM_DESC(leak_on_load_kib, "KiB leaked on every load (for the cycle check)");
+
+static noinline void crashers_leak_on_load(int kib)
+{
+	int i;
+
+	for (i = 0; i < kib; i++) {
+		void *piece = kmalloc(1024, GFP_KERNEL);
+
+		if (!piece)
+			break;
+		memset(piece, 0x5a, 1024);
+	}
+}
+
 static int __init crashers_init(void)
 {
+	if (leak_on_load_kib > 0)
+		crashers_leak_on_load(min(leak_on_load_kib, 65536));
 	crashers_dir = debugfs_create_dir("crashers", NULL);
 	if (IS_ERR(crashers_dir))
 		return PTR_ERR(crashers_dir);
