@@ -304,12 +304,15 @@ class _Resolver:
         if module.endswith(".ko") or "/" in module:
             # Relative to the lab; it need not exist yet (a test may build it).
             module = os.path.abspath(self.root / Path(module).expanduser())
-        script = resources.files("vmlab.guest").joinpath("module_cycles.sh")
+        # The script travels inline: the guest may not see where vmlab is installed.
+        script = resources.files("vmlab.guest").joinpath("module_cycles.sh").read_text()
         run = " ".join(
             shlex.quote(part)
             for part in (
                 "sh",
-                str(script),
+                "-c",
+                script,
+                "module_cycles",
                 module,
                 str(check.cycles),
                 str(check.slab_tolerance_kib),

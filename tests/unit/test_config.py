@@ -378,7 +378,7 @@ def test_a_missing_lab_file(tmp_path: Path) -> None:
             zzz = 1
             """,
             "vmlab.toml:2: suite.fs.zzz: unknown key (known keys: description, domain, machine, "
-            "level, cwd, timeout, safety, requires, provides, env, test)",
+            "level, cwd, timeout, safety, requires, provides, env, test, module_cycles)",
         ),
         (
             """

@@ -18,6 +18,9 @@ fail() {
 $BB mount -t proc proc /proc
 $BB mount -t sysfs sysfs /sys
 $BB mount -t devtmpfs devtmpfs /dev
+# The kernel booted with loglevel=6 (no boot chatter on the slow UART); from here
+# on the console shows info too, which SysRq dumps (t, w) print at.
+echo 7 >/proc/sys/kernel/printk
 
 case " $($BB cat /proc/cmdline) " in
 *" vmlab.probe=1 "*)

@@ -121,10 +121,10 @@ def kernel_cmdline(spec: MachineSpec) -> str:
     # interrupts routed without ACPI's interrupt links, whose AML costs ~0.1 s
     # per device under TCG (virtio uses MSI-X anyway). sysrq_always_enabled:
     # SysRq from the emulated keyboard (QMP) even where the distribution masks it.
-    # loglevel=6: notices and worse on the console (the banner, the command line,
-    # every crash report, SysRq dumps), not the ~24 KB of boot info that costs
-    # a syscall per byte on the serial port; `dmesg` in the guest has it all,
-    # and `--append loglevel=7` brings it back.
+    # loglevel=6: notices and worse on the console while the kernel boots (the
+    # banner, the command line, any crash report), not the ~24 KB of boot info
+    # that costs a syscall per byte on the serial port; init raises it to 7 for
+    # the rest (SysRq task dumps print at info). `dmesg` in the guest has it all.
     base = [
         "console=ttyS0", "panic=-1", "oops=panic", "rdinit=/init", "8250.nr_uarts=1",
         "acpi=noirq", "sysrq_always_enabled", "loglevel=6",
@@ -550,10 +550,13 @@ class QemuMachine:
         return beat.result()
 
     async def _hang_error(self, reason: str, crashes_before: int) -> GuestHung:
-        """Dump the hung guest's tasks, then name the hang from what it printed."""
+        """Name the hang from what the guest printed, then dump its tasks."""
         assert self.console is not None
-        await self.dump_tasks("wlt", agent_first=False)
+        # Let the lockup report finish and close it before the dumps follow it,
+        # so that they are never read as part of it.
+        await self.console.settle(quiet=0.5, limit=5)
         crashes = self.console.flush_crashes()[crashes_before:]
+        await self.dump_tasks("wlt", agent_first=False)
         hang = next((c for c in crashes if c.kind in HANG_KINDS), None)
         title = hang.title if hang is not None else reason
         self.state = MachineState.DEAD  # never trusted again
