@@ -54,7 +54,12 @@ class MachineBooting:
     machine: str
 
 
-Event = TestStarted | TestFinished | MachineBooting
+@dataclass(frozen=True)
+class JobFinished:
+    job: str
+
+
+Event = TestStarted | TestFinished | MachineBooting | JobFinished
 EventSink = Callable[[Event], None]
 
 
@@ -118,6 +123,7 @@ class Session:
                 await self._run_one(test)
         finally:
             await self._discard_vm()
+            self.ctx.emit(JobFinished(self.job.id))
         return self.results
 
     # -- VMs -----------------------------------------------------------------

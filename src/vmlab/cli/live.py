@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from vmlab.results.model import Outcome
-from vmlab.session import Event, MachineBooting, TestFinished, TestStarted
+from vmlab.session import Event, JobFinished, MachineBooting, TestFinished, TestStarted
 
 _STYLE = {
     Outcome.PASSED: "green",
@@ -45,6 +45,8 @@ class Progress:
             self.doing[event.job] = f"{event.machine}: booting"
         elif isinstance(event, TestStarted):
             self.doing[event.job] = f"{event.machine}: {event.test_id}"
+        elif isinstance(event, JobFinished):
+            self.doing.pop(event.job, None)
         elif isinstance(event, TestFinished):
             self.counts[event.result.outcome] += 1
             # Subtests share their plan test's id prefix "suite/test".
