@@ -72,6 +72,13 @@ def _safe_name(test_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", test_id.replace("/", "__"))
 
 
+def _output_file(run_dir: Path, test_id: str) -> Path:
+    """Where a test's guest (or pytest) output is kept."""
+    path = run_dir / "output" / f"{_safe_name(test_id)}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def _tail(data: bytes) -> str:
     return data[-TAIL_BYTES:].decode("utf-8", "replace")
 
@@ -285,8 +292,7 @@ class Session:
         crashes_before = len(vm.console.crashes)
         self.current_test = test.test_id
         self._warnings = []
-        out_path = self.ctx.run_dir / "output" / f"{_safe_name(test.test_id)}.log"
-        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path = _output_file(self.ctx.run_dir, test.test_id)
         command = Command(shell=test.run, env=self._env(test.env), cwd=str(test.cwd))
         began = time.monotonic()
         artifacts: dict[str, str] = {"output": str(out_path)}
@@ -306,7 +312,7 @@ class Session:
                         self._result(
                             test, start, time.monotonic() - began, Outcome.TIMEOUT,
                             message=f"timed out after {test.timeout_s:g} s",
-                            artifacts={**artifacts, "console": str(vm.console_log_display())},
+                            artifacts={**artifacts, "console": vm.console_log_display()},
                         )
                     )  # fmt: skip
                     return
@@ -381,8 +387,7 @@ class Session:
             )  # fmt: skip
         finally:
             self.current_test = None
-        out_path = self.ctx.run_dir / "output" / f"{_safe_name(test.test_id)}.log"
-        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path = _output_file(self.ctx.run_dir, test.test_id)
         out_path.write_bytes(run.output)
         artifacts = {"output": str(out_path)}
         duration = time.monotonic() - began

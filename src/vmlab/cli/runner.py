@@ -23,6 +23,14 @@ def error_line(message: str) -> None:
     print(f"vmlab: {message}", file=sys.stderr, flush=True)
 
 
+def _report(exc: VmlabError, *, verbose: bool) -> int:
+    """One line on stderr (the evidence too with --verbose); the error's exit code."""
+    error_line(exc.message)
+    if verbose and exc.details:
+        print(exc.details, file=sys.stderr)
+    return int(exc.exit_code)
+
+
 def run_async(work: Coroutine[Any, Any, int], *, verbose: bool = False) -> int:
     """Run `work` to an exit status, turning signals and VmlabErrors into codes."""
     received: list[signal.Signals] = []
@@ -47,10 +55,7 @@ def run_async(work: Coroutine[Any, Any, int], *, verbose: bool = False) -> int:
     try:
         return asyncio.run(main())
     except VmlabError as exc:
-        error_line(exc.message)
-        if verbose and exc.details:
-            print(exc.details, file=sys.stderr)
-        return int(exc.exit_code)
+        return _report(exc, verbose=verbose)
     except (asyncio.CancelledError, KeyboardInterrupt):
         sig = received[0] if received else signal.SIGINT
         error_line(f"{_SIGNAL_WORD[sig]}; the VM was stopped and its files removed")
@@ -62,8 +67,7 @@ def run_sync(work: Callable[[], int]) -> int:
     try:
         return work()
     except VmlabError as exc:
-        error_line(exc.message)
-        return int(exc.exit_code)
+        return _report(exc, verbose=False)
     except KeyboardInterrupt:
         error_line("interrupted")
         return int(ExitCode.INTERRUPTED)

@@ -199,14 +199,19 @@ def extract_vmlinux(bzimage: bytes, path: Path) -> bytes:
 
 def bootable(kernel: Kernel) -> BootableKernel:
     """Return the fastest image QEMU can boot for `kernel` (a cached PVH vmlinux)."""
+    entry = cache_dir("kernels") / kernel.sha256[:32]
     if kernel.format is KernelFormat.ELF:
-        if not has_pvh_note(_read(kernel.path)):
-            raise UsageError(
-                f"{kernel.path} is a vmlinux without a PVH entry point (CONFIG_PVH=n); "
-                "pass its bzImage instead"
-            )
+        # A vmlinux is tens of MB: read it for its notes once per content, not per boot.
+        checked = entry / "elf-has-pvh"
+        if not checked.exists():
+            if not has_pvh_note(_read(kernel.path)):
+                raise UsageError(
+                    f"{kernel.path} is a vmlinux without a PVH entry point (CONFIG_PVH=n); "
+                    "pass its bzImage instead"
+                )
+            write_atomic(checked, b"")
         return BootableKernel(kernel, kernel.path, pvh=True)
-    cached = cache_dir("kernels") / kernel.sha256[:32] / "vmlinux"
+    cached = entry / "vmlinux"
     if cached.exists():
         return BootableKernel(kernel, cached, pvh=True)
     no_pvh = cached.with_name("no-pvh")
