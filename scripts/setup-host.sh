@@ -7,6 +7,7 @@ packages=(
   qemu-system-x86 qemu-utils busybox-static cpio kmod xz-utils
   python3-venv git make gcc libc6-dev
   postgresql
+  genisoimage  # tests only: isoinfo reads back vmlab's cloud-init seed ISOs
 )
 
 # A kernel with modules for the guests: the newest /boot/vmlinuz-* whose modules exist.
