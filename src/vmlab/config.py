@@ -24,7 +24,15 @@ from typing import Literal, NoReturn
 
 from pydantic import ValidationError
 
-from vmlab.config_schema import LabFileModel, MachineModel, ShareModel, SuiteModel, TestModel
+from vmlab.config_schema import (
+    LabFileModel,
+    MachineModel,
+    ReadyModel,
+    ServiceModel,
+    ShareModel,
+    SuiteModel,
+    TestModel,
+)
 from vmlab.config_schema import explain as _explain
 from vmlab.config_specs import (
     DEFAULT_MACHINE,
@@ -43,6 +51,17 @@ from vmlab.config_specs import (
 from vmlab.config_toml import KeyIndex, KeyPath, dotted, parse_toml
 from vmlab.errors import ConfigError, UsageError
 from vmlab.machine.spec import Accel, MachineSpec, Share
+from vmlab.service_spec import (
+    DEFAULT_READY_TIMEOUT_S,
+    DEFAULT_STOP_TIMEOUT_S,
+    CmdReady,
+    LogReady,
+    ReadyCheck,
+    ServiceSpec,
+    TcpReady,
+    provided_by,
+    service_graph,
+)
 
 __all__ = [
     "DEFAULT_MACHINE",
@@ -120,6 +139,8 @@ class _Resolver:
             self.fail(("lab", "defaults", "machine"), _no_such("machine", default, machines))
         provided = {cap for suite in model.suite.values() for cap in suite.provides}
         provided |= {c for s in model.suite.values() for t in s.test for c in t.provides}
+        services = self.services(model.service, provided)
+        provided |= provided_by(services)
         suites = tuple(
             self.suite(name, suite, model, machines, provided)
             for name, suite in model.suite.items()
@@ -131,6 +152,7 @@ class _Resolver:
             machines=MappingProxyType(machines),
             suites=suites,
             sha256=sha256,
+            services=services,
         )
         self.check_cycles(lab, model)
         return lab
@@ -338,7 +360,7 @@ class _Resolver:
         )
 
     def check_cycles(self, lab: Lab, model: LabFileModel) -> None:
-        cycle = capability_cycle(dependency_graph(lab.tests))
+        cycle = capability_cycle(dependency_graph(lab.tests, provided_by(lab.services)))
         if cycle is None:
             return
         first = next(t for t in lab.tests if t.test_id == cycle[0])
@@ -353,6 +375,111 @@ class _Resolver:
         else:
             at = ("suite", suite_name, "requires", suite.requires.index(capability))
         self.fail(at, format_cycle(cycle))
+
+    def services(
+        self, models: Mapping[str, ServiceModel], test_provided: set[str]
+    ) -> tuple[ServiceSpec, ...]:
+        """`[service.NAME]` tables. They start before any test, so a service can
+        require only what another service provides."""
+        for_services = {cap for model in models.values() for cap in model.provides}
+        services = tuple(
+            self.service(name, model, for_services, test_provided) for name, model in models.items()
+        )
+        by_name = {service.name: service for service in services}
+        cycle = capability_cycle(service_graph(services))
+        if cycle is not None:
+            first, second = by_name[cycle[0]], by_name[cycle[1]]
+            capability = sorted(first.requires & second.provides)[0]
+            at: KeyPath = ("service", first.name, "requires")
+            at = (*at, models[first.name].requires.index(capability))
+            if first is second:
+                self.fail(at, f"service {first.name} provides {capability!r} itself")
+            self.fail(at, format_cycle([f"service.{name}" for name in cycle]))
+        return services
+
+    def service(
+        self, name: str, model: ServiceModel, for_services: set[str], test_provided: set[str]
+    ) -> ServiceSpec:
+        at: KeyPath = ("service", name)
+        self.check_name(name, at, "service")
+        if model.command is None and model.container is None:
+            self.fail(at, 'no command (command = "./server --port 8080", or container = "IMAGE")')
+        if isinstance(model.command, str):
+            if not model.command.strip():
+                self.fail((*at, "command"), "empty command")
+            argv: tuple[str, ...] = ("/bin/sh", "-c", model.command)
+        else:
+            argv = tuple(model.command or ())
+            if model.command is not None and (not argv or not argv[0]):
+                self.fail((*at, "command"), "empty command (the array starts with a program)")
+        if model.container is not None and not model.container.strip():
+            self.fail((*at, "container"), "empty image name")
+        self.check_caps(model.provides, (*at, "provides"), None, "")
+        self.check_caps(model.requires, (*at, "requires"), None, "")
+        for i, capability in enumerate(model.requires):
+            if capability in for_services:
+                continue
+            if capability in test_provided:
+                self.fail(
+                    (*at, "requires", i),
+                    f"{capability!r} is provided by a test, and services start before any "
+                    "test (only another service can provide what a service requires)",
+                )
+            close = difflib.get_close_matches(capability, sorted(for_services), n=1)
+            hint = (
+                f"did you mean {close[0]!r}?"
+                if close
+                else f"add provides = [{capability!r}] to the service that sets it up"
+            )
+            self.fail(
+                (*at, "requires", i),
+                f"nothing provides {capability!r}, which service {name} needs ({hint})",
+            )
+        cwd = self.path(model.cwd, (*at, "cwd"), "dir") if model.cwd is not None else self.root
+        return ServiceSpec(
+            name=name,
+            argv=argv,
+            cwd=cwd,
+            env=self.env(model.env, (*at, "env")),
+            ready=self.ready(model.ready, (*at, "ready")),
+            ready_timeout_s=model.ready_timeout or DEFAULT_READY_TIMEOUT_S,
+            stop_timeout_s=model.stop_timeout or DEFAULT_STOP_TIMEOUT_S,
+            requires=frozenset(model.requires),
+            provides=frozenset(model.provides),
+            container=model.container,
+            cwd_given=model.cwd is not None,
+            description=model.description,
+            where=self.where(at),
+        )
+
+    def ready(self, model: ReadyModel | None, at: KeyPath) -> ReadyCheck | None:
+        if model is None:
+            return None
+        given = {"tcp": model.tcp, "log": model.log, "cmd": model.cmd}
+        kinds = [kind for kind, value in given.items() if value is not None]
+        if not kinds:
+            self.fail(at, 'no check (write { tcp = PORT }, { log = "REGEX" } or { cmd = "..." })')
+        if len(kinds) > 1:
+            self.fail((*at, kinds[1]), f"one check only, not {' and '.join(kinds)}")
+        if model.host is not None and model.tcp is None:
+            self.fail((*at, "host"), "host goes with tcp ({ tcp = PORT, host = ADDRESS })")
+        if model.tcp is not None:
+            host = "127.0.0.1" if model.host is None else model.host.strip()
+            if not host:
+                self.fail((*at, "host"), "empty host (leave it out for 127.0.0.1)")
+            return TcpReady(port=model.tcp, host=host)
+        if model.log is not None:
+            if not model.log:
+                self.fail((*at, "log"), "empty pattern (it would match any line)")
+            try:
+                re.compile(model.log)
+            except re.error as exc:
+                self.fail((*at, "log"), f"{model.log!r} is not a regular expression: {exc.msg}")
+            return LogReady(model.log)
+        assert model.cmd is not None
+        if not model.cmd.strip():
+            self.fail((*at, "cmd"), "empty command")
+        return CmdReady(model.cmd)
 
     def check_caps(
         self, names: list[str], at: KeyPath, provided: set[str] | None, needed_by: str

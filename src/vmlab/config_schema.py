@@ -29,7 +29,6 @@ NOT_YET = {
     "image": "disk-image machines are not supported yet",
     "network": "networks are not supported yet",
     "networks": "networks are not supported yet",
-    "service": "host services are not supported yet",
 }
 
 
@@ -196,12 +195,55 @@ class SuiteModel(_Model):
     module_cycles: ModuleCyclesModel | None = None
 
 
+def _port(value: int) -> int:
+    if not 1 <= value <= 65535:
+        raise ValueError(f"{value} is not a TCP port (1 to 65535)")
+    return value
+
+
+def _command(value: object) -> object:
+    """A service's command: a string (run by /bin/sh -c) or an array of strings."""
+    if isinstance(value, str) or (
+        isinstance(value, list) and all(isinstance(item, str) for item in value)
+    ):
+        return value
+    if isinstance(value, list):
+        bad = next(item for item in value if not isinstance(item, str))
+        raise ValueError(f"expected an array of strings, got {describe(bad)} in it")
+    raise ValueError(f"expected a string or an array of strings, got {describe(value)}")
+
+
+class ReadyModel(_Model):
+    """A service's `ready`: one of tcp (with host), log, cmd (the loader checks)."""
+
+    tcp: Annotated[int, AfterValidator(_port)] | None = None
+    host: str | None = None
+    log: str | None = None
+    cmd: str | None = None
+
+
+class ServiceModel(_Model):
+    """`[service.NAME]`."""
+
+    description: str = ""
+    command: Annotated[str | list[str], BeforeValidator(_command)] | None = None
+    cwd: str | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    ready: ReadyModel | None = None
+    ready_timeout: Seconds | None = None
+    stop_timeout: Seconds | None = None
+    requires: list[str] = Field(default_factory=list)
+    provides: list[str] = Field(default_factory=list)
+    container: str | None = None
+
+
 class LabFileModel(_Model):
     """A whole `vmlab.toml`."""
 
     lab: LabModel = LabModel()
     machine: dict[str, MachineModel] = Field(default_factory=dict)
     suite: dict[str, SuiteModel] = Field(default_factory=dict)
+    service: dict[str, ServiceModel] = Field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- error messages

@@ -15,6 +15,7 @@ from typing import ClassVar
 
 from vmlab.errors import ConfigError
 from vmlab.machine.spec import MachineSpec
+from vmlab.service_spec import ServiceSpec
 
 LAB_FILE = "vmlab.toml"
 DEFAULT_MACHINE = "default"  # the machine of a lab that declares none
@@ -126,6 +127,7 @@ class Lab:
     suites: tuple[SuiteSpec, ...]
     description: str = ""
     sha256: str = ""  # of the lab file's bytes
+    services: tuple[ServiceSpec, ...] = ()  # host services, in the file's order
 
     @property
     def root(self) -> Path:
@@ -143,12 +145,17 @@ class Lab:
         raise KeyError(name)
 
 
-def dependency_graph(tests: Iterable[TestSpec]) -> dict[str, frozenset[str]]:
+def dependency_graph(
+    tests: Iterable[TestSpec], available: Iterable[str] = ()
+) -> dict[str, frozenset[str]]:
     """Test id -> ids of the tests it runs after: all providers of what it requires.
 
-    A capability is ready when every test that provides it has run. A requirement
-    that nothing provides is a ConfigError (the loader reports it with its line first).
+    A capability is ready when every test that provides it has run; one in
+    `available` (what host services provide) is there from the start unless a test
+    provides it too. A requirement that nothing provides is a ConfigError (the
+    loader reports it with its line first).
     """
+    available = frozenset(available)
     tests = tuple(tests)
     providers: dict[str, list[str]] = {}
     for test in tests:
@@ -159,6 +166,8 @@ def dependency_graph(tests: Iterable[TestSpec]) -> dict[str, frozenset[str]]:
         needs: set[str] = set()
         for capability in sorted(test.requires):
             if capability not in providers:
+                if capability in available:
+                    continue
                 raise ConfigError(
                     f"{test.where or '<lab>'}: suite.{test.suite}: test {test.name} "
                     f"requires {capability!r}, which nothing provides"

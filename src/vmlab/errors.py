@@ -10,7 +10,8 @@ The tree::
     │                           kernel modules, /dev/kvm permissions
     ├── InfraError              the lab or its infrastructure failed, not the code
     │   │                       under test (exit 125): QEMU died, a boot stalled
-    │   └── BootError           the guest never reached its agent in time
+    │   ├── BootError           the guest never reached its agent in time
+    │   └── ServiceError        a host service did not start, or not become ready
     └── GuestError              something happened inside a guest
         ├── CommandNotFound     the command does not exist in the guest (exit 127)
         ├── CommandTimeout      the command outlived its timeout (exit 124)
@@ -84,6 +85,11 @@ class InfraError(VmlabError):
 
 class BootError(InfraError):
     """The guest did not reach its agent in time (a stalled boot)."""
+
+
+class ServiceError(InfraError):
+    """A host service (`[service.NAME]`) could not start, exited before it was
+    ready, or did not become ready in time."""
 
 
 class GuestError(VmlabError):

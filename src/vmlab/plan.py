@@ -47,6 +47,7 @@ from vmlab.config import (
 )
 from vmlab.errors import ConfigError, UsageError
 from vmlab.machine.spec import MachineSpec
+from vmlab.service_spec import provided_by
 
 DANGEROUS_REASON = "dangerous: pass --allow-dangerous"
 
@@ -117,7 +118,7 @@ def make_plan(
 
     tests = lab.tests
     by_id = {test.test_id: test for test in tests}
-    needs = dependency_graph(tests)
+    needs = dependency_graph(tests, provided_by(lab.services))  # services: there from the start
     if cycle := capability_cycle(needs):
         raise ConfigError(f"{lab.path}: {format_cycle(cycle)}")
 

@@ -16,6 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from vmlab.results.model import Outcome
+from vmlab.services import ServiceEvent, ServiceReady, ServiceStarted, ServiceStopped
 from vmlab.session import Event, JobFinished, MachineBooting, TestFinished, TestStarted
 
 _STYLE = {
@@ -94,7 +95,10 @@ class LiveView:
             self._live.update(self._render())
             self._live.__exit__(None, None, None)
 
-    def on_event(self, event: Event) -> None:
+    def on_event(self, event: Event | ServiceEvent) -> None:
+        if isinstance(event, ServiceStarted | ServiceReady | ServiceStopped):
+            self._print(_service_line(event))
+            return
         self.progress.apply(event)
         if isinstance(event, TestFinished):
             result = event.result
@@ -102,15 +106,30 @@ class LiveView:
             line.append(f"{result.test_id} ({result.duration_s:.1f}s)")
             if result.message and not result.outcome.ok:
                 line.append(f"  {result.message}", style="dim")
-            if self._live is not None:
-                self._live.console.print(line)
-            else:
-                self.console.print(line, highlight=False, soft_wrap=True)
+            self._print(line)
         if self._live is not None:
             self._live.update(self._render())
+
+    def _print(self, line: Text) -> None:
+        if self._live is not None:
+            self._live.console.print(line)
+        else:
+            self.console.print(line, highlight=False, soft_wrap=True)
 
     def _render(self) -> Group:
         table = Table.grid(padding=(0, 2))
         for job, doing in sorted(self.progress.doing.items()):
             table.add_row(Text(job, style="bold"), Text(doing))
         return Group(table, self.progress.summary())
+
+
+def _service_line(event: ServiceEvent) -> Text:
+    """`SERVICE  nfs: ready (tcp 127.0.0.1:2049, 0.4s)`, and the like."""
+    text = Text(f"{'SERVICE':8} ", style="cyan")
+    if isinstance(event, ServiceStarted):
+        text.append(f"{event.service}: started (pid {event.pid}, log {event.log})")
+    elif isinstance(event, ServiceReady):
+        text.append(f"{event.service}: ready ({event.check}, {event.seconds:.1f}s)")
+    else:
+        text.append(f"{event.service}: {event.how}")
+    return text

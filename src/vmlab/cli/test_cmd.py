@@ -1,4 +1,10 @@
-"""`vmlab test`: run a lab's suites, store every result, write JUnit and JSON."""
+"""`vmlab test`: run a lab's suites, store every result, write JUnit and JSON.
+
+The lab's host services that the selected tests need (`needed_services`) start
+before the first job and stop after the last; their logs are kept in the run's
+directory, `services/NAME.log`. A service that fails to start or become ready
+ends the run (exit 125) before any test runs.
+"""
 
 from __future__ import annotations
 
@@ -27,6 +33,8 @@ from vmlab.results.jsonout import write_results_json
 from vmlab.results.junit import write_junit
 from vmlab.results.model import Outcome, RunRecord, RunStatus, TestResult, VmSpec, new_run_id
 from vmlab.results.store import Store
+from vmlab.service_spec import needed_services
+from vmlab.services import ServiceEvent, ServiceGroup
 from vmlab.session import Event, SessionContext, TestFinished
 
 
@@ -133,6 +141,14 @@ async def _run(lab: Lab, opts: TestOptions, store: Store) -> int:
     run_id = new_run_id()
     out_dir = (opts.out or Path(".vmlab") / "runs" / run_id).absolute()
     out_dir.mkdir(parents=True, exist_ok=True)
+    required = {capability for test in plan.tests for capability in test.requires}
+    services = needed_services(lab.services, required)
+
+    def on_service(event: ServiceEvent) -> None:
+        view.on_event(event)  # the live view below exists by the time a service starts
+
+    # Checked before anything starts: requirements, cycles, podman/docker for containers.
+    group = ServiceGroup(services, out_dir / "services", emit=on_service)
     release = first.kernel.kernel.release if first else ""
     record = RunRecord(
         run_id=run_id, start=datetime.now(UTC), host=socket.gethostname(),
@@ -168,7 +184,8 @@ async def _run(lab: Lab, opts: TestOptions, store: Store) -> int:
             failed_capabilities={}, lab_root=lab.root,
         )  # fmt: skip
         try:
-            await execute(plan, ctx, workers)
+            async with group:
+                await execute(plan, ctx, workers)
             status = RunStatus.COMPLETED
         except asyncio.CancelledError:
             status = RunStatus.INTERRUPTED
