@@ -9,8 +9,10 @@ risky or dangerous test. A test's failure never stops the session.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
+import shlex
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -20,6 +22,7 @@ from pathlib import Path
 from vmlab.config_specs import MachineConfig, Safety, TestFormat, TestSpec
 from vmlab.errors import CommandTimeout, GuestCrashed, GuestHung, VmlabError
 from vmlab.guest.channel import Command
+from vmlab.machine.image_machine import DiskBoot, ImageMachine, lab_tarball
 from vmlab.machine.qemu import BootImage, QemuMachine
 from vmlab.machine.spec import Share
 from vmlab.plan import Job
@@ -107,6 +110,8 @@ class Session:
         self.ctx = ctx
         self.vm: QemuMachine | None = None
         self.boots = 0
+        self._stale = False  # self.vm must be restored to its snapshot before use
+        self._disk_boot: DiskBoot | None = None
         self.current_test: str | None = None
         self._warnings: list[str] = []
         self._broken: VmlabError | None = None
@@ -129,25 +134,30 @@ class Session:
             for test in self.job.tests:
                 await self._run_one(test)
         finally:
-            await self._discard_vm()
+            await self._discard_vm(keep_snapshot=False)
             self.ctx.emit(JobFinished(self.job.id))
         return self.results
 
     # -- VMs -----------------------------------------------------------------
 
     async def _ensure_vm(self) -> QemuMachine:
+        if self.vm is not None and self._stale:
+            await self._restore()
         if self.vm is not None:
             return self.vm
         self.boots += 1
         self.ctx.emit(MachineBooting(self.job.id, self.machine.name))
-        spec = self.machine.spec
+        spec = replace(self.machine.spec, name=self.machine.name)
         lab = self.ctx.lab_root
-        if all(share.guest != lab for share in spec.shares):
-            spec = replace(spec, shares=(*spec.shares, Share(lab, lab, writable=True)))
-        spec = replace(spec, name=self.machine.name)
         log = self.ctx.run_dir / "console" / f"{_safe_name(self.job.id)}-{self.boots}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        vm = QemuMachine(spec, console_log=log, image=self.ctx.image_for(self.machine))
+        vm: QemuMachine
+        if spec.disk is not None:
+            vm = ImageMachine(spec, console_log=log, disk_boot=self._disk_boot)
+        else:
+            if all(share.guest != lab for share in spec.shares):
+                spec = replace(spec, shares=(*spec.shares, Share(lab, lab, writable=True)))
+            vm = QemuMachine(spec, console_log=log, image=self.ctx.image_for(self.machine))
         try:
             await vm.start()
         except BaseException:
@@ -157,11 +167,43 @@ class Session:
         assert vm.console is not None
         vm.console.watch(self._on_console_line)
         try:
+            if isinstance(vm, ImageMachine):
+                self._disk_boot = vm.disk_boot  # resolved once: later boots skip it
+                await self._copy_lab(vm)
             await self._setup(vm)
+            if isinstance(vm, ImageMachine):
+                await vm.save_snapshot()  # later "fresh VMs" are restores of this
         except BaseException:
-            await self._discard_vm()
+            await self._discard_vm(keep_snapshot=False)
             raise
         return vm
+
+    async def _copy_lab(self, vm: ImageMachine) -> None:
+        """A disk image does not see the host: copy the lab directory in, at the
+        same path, so tests and setup find their files where the lab file says."""
+        lab = self.ctx.lab_root
+        tarball = await asyncio.to_thread(lab_tarball, lab)
+        quoted = shlex.quote(str(lab))
+        result = await vm.run(
+            Command(shell=f"mkdir -p {quoted} && tar -x -C {quoted}", env=self._env(())),
+            stdin=tarball,
+            timeout=300,
+        )
+        if result.status != 0:
+            raise SetupFailed(
+                f"copying the lab into {self.machine.name} failed: {_last_line(result.stderr)}"
+            )
+
+    async def _restore(self) -> None:
+        """Back to the snapshot taken after setup; a fresh boot if that fails."""
+        vm = self.vm
+        assert isinstance(vm, ImageMachine)
+        self._stale = False
+        self.ctx.emit(MachineBooting(self.job.id, self.machine.name))
+        try:
+            await vm.restore_snapshot()
+        except VmlabError:
+            await self._discard_vm(keep_snapshot=False)
 
     async def _setup(self, vm: QemuMachine) -> None:
         env = self._env(())
@@ -181,8 +223,14 @@ class Session:
                     details=_tail(result.stdout + result.stderr),
                 )
 
-    async def _discard_vm(self) -> None:
-        vm, self.vm = self.vm, None
+    async def _discard_vm(self, *, keep_snapshot: bool = True) -> None:
+        """Never run another test in the current VM. A disk-image machine with a
+        snapshot is restored (before it is next needed) instead of booted again."""
+        vm = self.vm
+        if keep_snapshot and isinstance(vm, ImageMachine) and vm.snapshot is not None:
+            self._stale = True
+            return
+        self.vm, self._stale = None, False
         if vm is not None:
             await vm.stop()
 

@@ -316,6 +316,9 @@ def user_data(req: SeedRequest) -> tuple[bytes, str]:
         if not isinstance(files, list):
             raise UsageError(f"{where}: write_files must be a list")
         doc["write_files"] = [*files, *fragment["write_files"]]
+    else:
+        # The guest's own name resolves (sudo and others look it up).
+        doc.setdefault("manage_etc_hosts", "localhost")
     message, wait_line = _final_message(doc, req, where)
     doc["final_message"] = message
     try:

@@ -28,6 +28,17 @@ REQUIRED_MODULES: tuple[str, ...] = (
     "overlay",
     "virtio_console",
 )
+# What a disk-image machine's init needs to mount its root disk, plus the NIC
+# driver so that SSH works even when the image has no modules for the booted
+# kernel (kernel = "host"); the image's own udev loads everything else. ext4
+# needs a crc32c implementation that modules.dep does not list (a soft dependency).
+IMAGE_MODULES: tuple[str, ...] = (
+    "virtio_pci",
+    "virtio_blk",
+    "crc32c_generic",
+    "ext4",
+    "virtio_net",
+)
 
 # Kernel options behind each required module, for the error when one is missing.
 _CONFIG_OF = {
@@ -36,6 +47,8 @@ _CONFIG_OF = {
     "9p": "CONFIG_9P_FS",
     "overlay": "CONFIG_OVERLAY_FS",
     "virtio_console": "CONFIG_VIRTIO_CONSOLE",
+    "virtio_blk": "CONFIG_VIRTIO_BLK",
+    "ext4": "CONFIG_EXT4_FS",
 }
 
 BUSYBOX_CANDIDATES = (Path("/bin/busybox"), Path("/usr/bin/busybox"))
@@ -99,7 +112,7 @@ class ModuleIndex:
                 who = f", needed by {needed_by}" if needed_by else ""
                 raise UsageError(
                     f"kernel modules at {self.root} lack {name}{hint}{who}: "
-                    "the host-root path needs virtio, 9p and overlayfs"
+                    "vmlab boots need virtio, 9p and overlayfs (disk images: virtio_blk, ext4)"
                 )
             for dep in self.deps[name]:
                 visit(dep, name)
@@ -191,13 +204,21 @@ def _stat_key(path: Path) -> str:
     return f"{path}:{st.st_size}:{st.st_mtime_ns}"
 
 
-def build_initramfs(modules_root: Path, extra_modules: Iterable[str] = ()) -> Path:
+def build_initramfs(
+    modules_root: Path, extra_modules: Iterable[str] = (), *, for_image: bool = False
+) -> Path:
     """Return the path of a cached initramfs for the kernel whose modules are at
-    `modules_root`, building it on first use."""
+    `modules_root`, building it on first use. `for_image`: the init that mounts
+    a disk image's root and hands over to its own init, instead of the host-root
+    init with the agent."""
     index = ModuleIndex.load(modules_root)
-    order = index.load_order((*REQUIRED_MODULES, *extra_modules))
+    required = IMAGE_MODULES if for_image else REQUIRED_MODULES
+    order = index.load_order((*required, *extra_modules))
     busybox = find_busybox()
-    init, agent = _guest_script("init.sh"), _guest_script("agent.sh")
+    if for_image:
+        init, agent = _guest_script("image_init.sh"), b""
+    else:
+        init, agent = _guest_script("init.sh"), _guest_script("agent.sh")
     key = hashlib.sha256()
     for part in (
         init,
@@ -217,7 +238,8 @@ def build_initramfs(modules_root: Path, extra_modules: Iterable[str] = ()) -> Pa
     cpio.file("bin/busybox", busybox.read_bytes(), 0o755)
     cpio.symlink("bin/sh", "busybox")
     cpio.file("init", init, 0o755)
-    cpio.file("agent.sh", agent, 0o755)
+    if agent:
+        cpio.file("agent.sh", agent, 0o755)
     names = []
     for name in order:
         filename = f"{name}.ko"

@@ -31,10 +31,19 @@ _HANG = re.compile(
 class Console:
     """Reads a guest's serial console until it closes."""
 
-    def __init__(self, log_path: Path, *, echo: BinaryIO | None = None, keep: int = 200) -> None:
+    def __init__(
+        self,
+        log_path: Path,
+        *,
+        echo: BinaryIO | None = None,
+        keep: int = 200,
+        record: bool = True,
+    ) -> None:
+        """`record=False`: someone else (QEMU) writes `log_path`; `follow_file`
+        reads it from there."""
         self.log_path = log_path
         self._echo = echo
-        self._log = log_path.open("ab", buffering=0)
+        self._log = log_path.open("ab", buffering=0) if record else None
         self._tail: collections.deque[str] = collections.deque(maxlen=keep)
         self._partial = b""
         self._watchers: list[LineWatcher] = []
@@ -62,8 +71,20 @@ class Console:
                 self._partial = b""
             self.close()
 
+    async def follow_file(self, path: Path, *, offset: int = 0, poll: float = 0.1) -> None:
+        """Feed what a writer appends to `path` (from `offset`), until cancelled."""
+        with path.open("rb") as log:
+            log.seek(offset)
+            while True:
+                data = log.read(1 << 16)
+                if data:
+                    self.feed(data)
+                else:
+                    await asyncio.sleep(poll)
+
     def close(self) -> None:
-        self._log.close()
+        if self._log is not None:
+            self._log.close()
 
     def flush_crashes(self) -> list[Crash]:
         """Every crash report so far, including one still open (the VM is gone)."""
@@ -92,7 +113,7 @@ class Console:
 
     def feed(self, data: bytes) -> None:
         self.last_output = time.monotonic()
-        if not self._log.closed:
+        if self._log is not None and not self._log.closed:
             self._log.write(data)
         if self._echo is not None:
             self._echo.write(data)
