@@ -17,16 +17,20 @@ import os
 import re
 import shlex
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from importlib import resources
+from ipaddress import IPv4Address
 from pathlib import Path
 from types import MappingProxyType
-from typing import Literal, NoReturn
+from typing import Any, Literal, NoReturn
 
 from pydantic import ValidationError
 
 from vmlab.config_schema import (
+    ImageModel,
     LabFileModel,
     MachineModel,
+    NetworkModel,
     ReadyModel,
     ServiceModel,
     ShareModel,
@@ -50,7 +54,30 @@ from vmlab.config_specs import (
 )
 from vmlab.config_toml import KeyIndex, KeyPath, dotted, parse_toml
 from vmlab.errors import ConfigError, UsageError
-from vmlab.machine.spec import Accel, MachineSpec, Share
+from vmlab.machine.spec import (
+    DEFAULT_IMAGE_MIRROR,
+    IMAGE_DISTROS,
+    IMAGE_PACKAGE_NAME,
+    MIN_IMAGE_SIZE_MIB,
+    Accel,
+    DiskSpec,
+    ImageSpec,
+    KernelSource,
+    MachineSpec,
+    Share,
+)
+from vmlab.net.addresses import (
+    AddressError,
+    NetworkMember,
+    NetworkSpec,
+    assign_addresses,
+    assign_macs,
+    check_overlaps,
+    check_subnet,
+    default_subnets,
+    parse_address,
+    parse_subnet,
+)
 from vmlab.service_spec import (
     DEFAULT_READY_TIMEOUT_S,
     DEFAULT_STOP_TIMEOUT_S,
@@ -83,6 +110,7 @@ _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 _CAPABILITY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:/+-]*")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _MODULE = re.compile(r"[A-Za-z0-9_-]+")
+_HOSTNAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 
 
 def load_lab(path: Path) -> Lab:
@@ -133,11 +161,17 @@ class _Resolver:
         return f"{self.display}:{self.index.line_of(at)}"
 
     def lab(self, model: LabFileModel, sha256: str) -> Lab:
-        machines = self.machines(model.machine)
+        images = {name: self.image(name, image) for name, image in model.image.items()}
+        machines = self.machines(model.machine, images)
+        networks = self.networks(model.network, model.machine, model.lab.name or self.root.name)
+        for name, machine in model.machine.items():
+            joined = [join.name for join in machine.networks]
+            machines[name] = _with_nics(machines[name], [networks[n] for n in joined])
         default = model.lab.defaults.machine
         if default is not None and default not in machines:
             self.fail(("lab", "defaults", "machine"), _no_such("machine", default, machines))
-        provided = {cap for suite in model.suite.values() for cap in suite.provides}
+        provided = {cap for machine in model.machine.values() for cap in machine.provides}
+        provided |= {cap for suite in model.suite.values() for cap in suite.provides}
         provided |= {c for s in model.suite.values() for t in s.test for c in t.provides}
         services = self.services(model.service, provided)
         provided |= provided_by(services)
@@ -151,19 +185,72 @@ class _Resolver:
             description=model.lab.description,
             machines=MappingProxyType(machines),
             suites=suites,
+            images=MappingProxyType(images),
             sha256=sha256,
             services=services,
+            networks=MappingProxyType(networks),
         )
         self.check_cycles(lab, model)
         return lab
 
-    def machines(self, models: Mapping[str, MachineModel]) -> dict[str, MachineConfig]:
+    def machines(
+        self, models: Mapping[str, MachineModel], images: Mapping[str, ImageSpec]
+    ) -> dict[str, MachineConfig]:
         if not models:
             spec = MachineSpec(name=DEFAULT_MACHINE)
             return {DEFAULT_MACHINE: MachineConfig(DEFAULT_MACHINE, spec, where=self.display)}
-        return {name: self.machine(name, model) for name, model in models.items()}
+        return {name: self.machine(name, model, images) for name, model in models.items()}
 
-    def machine(self, name: str, model: MachineModel) -> MachineConfig:
+    def disk(
+        self, model: MachineModel, at: KeyPath, images: Mapping[str, ImageSpec]
+    ) -> tuple[DiskSpec | None, str | None]:
+        """A disk-image machine's `DiskSpec` (None for host-root ones), and the
+        `kernel` key left for the host-root meaning (a path) if any."""
+        disk_keys = ("root", "user", "user_data", "internet", "ssh_port")
+        if model.image is None:
+            for key in disk_keys:
+                if getattr(model, key) is not None:
+                    self.fail((*at, key), "only disk-image machines take this (add `image = ...`)")
+            return None, model.kernel
+        image: ImageSpec | Path
+        if model.image in images:
+            image = images[model.image]
+        elif "/" in model.image or "." in model.image:
+            image = self.path(model.image, (*at, "image"), "file")
+        else:
+            self.fail((*at, "image"), _no_such("image", model.image, images))
+        if model.shares:
+            self.fail((*at, "shares"), "disk-image machines have no 9p shares (copy files in)")
+        if not _HOSTNAME.fullmatch(str(at[-1])):
+            self.fail(at, "a disk-image machine's name is its host name: use a-z, 0-9 and -")
+        kernel = KernelSource.IMAGE
+        path_kernel = None
+        if model.kernel in ("image", "host"):
+            kernel = KernelSource(model.kernel)
+        elif model.kernel is not None:
+            self.fail((*at, "kernel"), "a disk-image machine boots kernel 'image' or 'host'")
+        user_data: Mapping[str, Any] | Path | None = None
+        if isinstance(model.user_data, str):
+            user_data = self.path(model.user_data, (*at, "user_data"), "file")
+        elif model.user_data is not None:
+            user_data = MappingProxyType(dict(model.user_data))
+        return (
+            DiskSpec(
+                image=image,
+                lab_dir=self.root,
+                kernel=kernel,
+                root=model.root or "/dev/vda",
+                user=model.user or "vmlab",
+                user_data=user_data,
+                internet=bool(model.internet),
+                ssh_port=model.ssh_port,
+            ),
+            path_kernel,
+        )
+
+    def machine(
+        self, name: str, model: MachineModel, images: Mapping[str, ImageSpec]
+    ) -> MachineConfig:
         at: KeyPath = ("machine", name)
         self.check_name(name, at, "machine")
         for i, module in enumerate(model.modules_load):
@@ -172,8 +259,9 @@ class _Resolver:
         for i, command in enumerate(model.setup):
             if not command.strip():
                 self.fail((*at, "setup", i), "empty command")
+        disk, kernel = self.disk(model, at, images)
         spec = MachineSpec(
-            kernel=self.path(model.kernel, (*at, "kernel"), "file") if model.kernel else None,
+            kernel=self.path(kernel, (*at, "kernel"), "file") if kernel else None,
             modules=self.path(model.modules, (*at, "modules"), "dir") if model.modules else None,
             memory_mib=model.memory,
             cpus=model.cpus,
@@ -183,6 +271,7 @@ class _Resolver:
             boot_timeout=model.boot_timeout,
             name=name,
             env=self.env(model.env, (*at, "env")),
+            disk=disk,
         )
         return MachineConfig(
             name=name,
@@ -191,7 +280,80 @@ class _Resolver:
             modules_load=tuple(model.modules_load),
             description=model.description,
             where=self.where(at),
+            provides=tuple(model.provides),
         )
+
+    def networks(
+        self, models: Mapping[str, NetworkModel], machines: Mapping[str, MachineModel], lab: str
+    ) -> dict[str, NetworkSpec]:
+        """`[network.NAME]` tables and the machines' `networks`: subnets, then
+        each machine's address and MAC on each network it joins."""
+        explicit = {}
+        for name, model in models.items():
+            at: KeyPath = ("network", name)
+            self.check_name(name, at, "network")
+            if model.subnet is not None:
+                try:
+                    subnet = parse_subnet(model.subnet)
+                except ValueError as exc:
+                    self.fail((*at, "subnet"), str(exc))
+                if problem := check_subnet(subnet):
+                    self.fail((*at, "subnet"), problem)
+                explicit[name] = subnet
+        if clash := check_overlaps(explicit):
+            first, second = sorted(clash, key=lambda n: self.index.line_of(("network", n)))
+            line = self.index.line_of(("network", first, "subnet"))
+            self.fail(
+                ("network", second, "subnet"),
+                f"{explicit[second]} overlaps {explicit[first]} of network {first} (line {line})",
+            )
+        pending = [name for name in models if name not in explicit]
+        subnets = {**default_subnets(lab, pending, explicit.values()), **explicit}
+        requests: dict[str, list[tuple[str, IPv4Address | None]]] = {n: [] for n in models}
+        where: dict[tuple[str, str], KeyPath] = {}
+        for machine, machine_model in machines.items():
+            joined: dict[str, int] = {}
+            for i, join in enumerate(machine_model.networks):
+                at = ("machine", machine, "networks", i)
+                if join.name not in models:
+                    self.fail(at, _no_such("network", join.name, models))
+                if join.name in joined:
+                    self.fail(
+                        at, f"joins network {join.name} twice (also networks[{joined[join.name]}])"
+                    )
+                joined[join.name] = i
+                address = None
+                if join.address is not None:
+                    try:
+                        address = parse_address(join.address)
+                    except ValueError as exc:
+                        self.fail((*at, "address"), str(exc))
+                requests[join.name].append((machine, address))
+                where[join.name, machine] = (*at, "address") if address is not None else at
+        pairs = [(network, machine) for network, machine in where]
+        macs = assign_macs(lab, pairs)
+        networks = {}
+        for name, network_model in models.items():
+            try:
+                addresses = assign_addresses(subnets[name], requests[name])
+            except AddressError as exc:
+                assert exc.machine is not None
+                problem = exc.problem
+                if exc.other is not None:
+                    problem += f" (line {self.index.line_of(where[name, exc.other])})"
+                self.fail(where[name, exc.machine], problem)
+            members = tuple(
+                NetworkMember(machine, addresses[machine], macs[name, machine])
+                for machine in sorted(addresses)
+            )
+            networks[name] = NetworkSpec(
+                name=name,
+                subnet=subnets[name],
+                members=members,
+                description=network_model.description,
+                where=self.where(("network", name)),
+            )
+        return networks
 
     def share(self, model: ShareModel, at: KeyPath) -> Share:
         host = self.path(model.host, at, "dir")
@@ -199,6 +361,52 @@ class _Resolver:
         if not guest.is_absolute():
             self.fail(at, f"guest path {model.guest!r} is not absolute (try /mnt/...)")
         return Share(host=host, guest=guest, writable=model.rw)
+
+    def image(self, name: str, model: ImageModel) -> ImageSpec:
+        at: KeyPath = ("image", name)
+        self.check_name(name, at, "image")
+        if model.distro not in IMAGE_DISTROS:
+            supported = ", ".join(IMAGE_DISTROS)
+            self.fail(
+                (*at, "distro"), f"{model.distro!r} is not supported (supported: {supported})"
+            )
+        for i, package in enumerate(model.packages):
+            if not IMAGE_PACKAGE_NAME.fullmatch(package):
+                self.fail(
+                    (*at, "packages", i),
+                    f"{package!r} is not a Debian package name (lowercase letters, digits, + - .)",
+                )
+        if model.size < MIN_IMAGE_SIZE_MIB:
+            self.fail((*at, "size"), f"{model.size}M is too small for an image (at least 512M)")
+        files = []
+        for guest, host in model.files.items():
+            where: KeyPath = (*at, "files", guest)
+            parts = guest.split("/")
+            if not guest.startswith("/") or guest.rstrip("/") == "" or ".." in parts:
+                self.fail(where, f"{guest!r} is not an absolute path in the guest (like /etc/motd)")
+            path = Path(os.path.abspath(self.root / Path(host).expanduser()))
+            if not path.exists():
+                relative = (
+                    "" if Path(host).is_absolute() else " (relative to the lab file's directory)"
+                )
+                self.fail(where, f"no such file or directory: {path}{relative}")
+            files.append(("/" + "/".join(p for p in parts if p not in ("", ".")), path))
+        mirror = model.mirror
+        if mirror is not None and not re.fullmatch(r"(https?|file)://[^\s,]+", mirror):
+            self.fail(
+                (*at, "mirror"), f"{mirror!r} is not a mirror URL (like {DEFAULT_IMAGE_MIRROR})"
+            )
+        return ImageSpec(
+            name=name,
+            distro=model.distro,
+            packages=tuple(model.packages),
+            size_mib=model.size,
+            files=tuple(files),
+            script=model.script,
+            mirror=mirror or DEFAULT_IMAGE_MIRROR,
+            description=model.description,
+            where=self.where(at),
+        )
 
     def suite(
         self,
@@ -360,7 +568,11 @@ class _Resolver:
         )
 
     def check_cycles(self, lab: Lab, model: LabFileModel) -> None:
-        cycle = capability_cycle(dependency_graph(lab.tests, provided_by(lab.services)))
+        from_start = {
+            *provided_by(lab.services),
+            *(c for m in lab.machines.values() for c in m.provides),
+        }
+        cycle = capability_cycle(dependency_graph(lab.tests, from_start))
         if cycle is None:
             return
         first = next(t for t in lab.tests if t.test_id == cycle[0])
@@ -516,8 +728,21 @@ class _Resolver:
         self.fail(at, f"no such {what}: {path}{relative}")
 
 
+def _with_nics(config: MachineConfig, networks: Iterable[NetworkSpec]) -> MachineConfig:
+    """The machine with a NIC on each of `networks` (its `networks`, in order)."""
+    nics = tuple(network.nic(config.name) for network in networks)
+    if not nics:
+        return config
+    return replace(config, spec=replace(config.spec, nics=nics))
+
+
 def _no_such(what: str, name: str, known: Iterable[str]) -> str:
     known = sorted(known)
     close = difflib.get_close_matches(name, known, n=1)
-    hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(known)}"
+    if close:
+        hint = f"did you mean {close[0]!r}?"
+    elif known:
+        hint = f"known: {', '.join(known)}"
+    else:
+        hint = f"declare [{what}.{name}]" if what in ("image", "network") else "none declared"
     return f"no {what} named {name!r} ({hint})"

@@ -27,8 +27,6 @@ _DURATION_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 # Keys that later parts of vmlab will accept; until then, say so instead of "unknown".
 NOT_YET = {
     "image": "disk-image machines are not supported yet",
-    "network": "networks are not supported yet",
-    "networks": "networks are not supported yet",
 }
 
 
@@ -82,6 +80,18 @@ def _one_or_many(value: object) -> object:
     return [value] if isinstance(value, str) else value
 
 
+def _network_join(value: object) -> object:
+    """`"lan"` -> `{name = "lan"}`; tables pass through."""
+    if isinstance(value, str):
+        return {"name": value}
+    if isinstance(value, dict):
+        return value
+    raise ValueError(
+        f'expected a network name or a table {{ name = "lan", address = "10.77.0.10" }}, '
+        f"got {describe(value)}"
+    )
+
+
 def _level(value: int) -> int:
     if value not in (1, 2, 3):
         raise ValueError(f"{value} is not a level (1 smoke, 2 integration, 3 stress)")
@@ -132,6 +142,20 @@ class ShareModel(_Model):
     rw: bool = False
 
 
+class NetworkModel(_Model):
+    """`[network.NAME]`: a private L2 network between machines."""
+
+    description: str = ""
+    subnet: str | None = None  # default: a /24 picked from the lab's and network's names
+
+
+class NetworkJoinModel(_Model):
+    """One entry of `machine.NAME.networks` (a string is turned into this first)."""
+
+    name: str
+    address: str | None = None  # default: the next free one from .10 in machine-name order
+
+
 class MachineModel(_Model):
     """`[machine.NAME]`."""
 
@@ -147,6 +171,17 @@ class MachineModel(_Model):
     modules_load: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
     setup: Lines = Field(default_factory=list)
+    networks: list[Annotated[NetworkJoinModel, BeforeValidator(_network_join)]] = Field(
+        default_factory=list
+    )
+    # Disk-image machines (any of these makes one; `image` is required then).
+    image: str | None = None  # an [image.NAME], or a qcow2/raw file the user brings
+    root: str | None = None  # the root filesystem when vmlab boots the kernel itself
+    user: str | None = None  # the user cloud-init creates (vmlab logs in as root)
+    user_data: str | dict[str, Any] | None = None  # a #cloud-config file, or inline
+    internet: bool | None = None  # a route out through user networking
+    ssh_port: int | None = Field(default=None, ge=1024, le=65535)
+    provides: list[str] = Field(default_factory=list)  # up for the whole run: a server
 
 
 class TestModel(_Model):
@@ -237,13 +272,27 @@ class ServiceModel(_Model):
     container: str | None = None
 
 
+class ImageModel(_Model):
+    """`[image.NAME]`: a disk image that `vmlab image build` makes."""
+
+    description: str = ""
+    distro: str = "debian:bookworm"
+    packages: list[str] = Field(default_factory=list)
+    size: Size = 2048
+    files: dict[str, str] = Field(default_factory=dict)  # guest path -> host path
+    script: str = ""
+    mirror: str | None = None
+
+
 class LabFileModel(_Model):
     """A whole `vmlab.toml`."""
 
     lab: LabModel = LabModel()
     machine: dict[str, MachineModel] = Field(default_factory=dict)
     suite: dict[str, SuiteModel] = Field(default_factory=dict)
+    image: dict[str, ImageModel] = Field(default_factory=dict)
     service: dict[str, ServiceModel] = Field(default_factory=dict)
+    network: dict[str, NetworkModel] = Field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- error messages

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import ClassVar
 
 from vmlab.errors import ConfigError
-from vmlab.machine.spec import MachineSpec
+from vmlab.machine.spec import ImageSpec, MachineSpec
+from vmlab.net.addresses import NetworkSpec
 from vmlab.service_spec import ServiceSpec
 
 LAB_FILE = "vmlab.toml"
@@ -62,6 +63,9 @@ class MachineConfig:
     modules_load: tuple[str, ...] = ()  # kernel modules loaded at boot (before setup)
     description: str = ""
     where: str = ""  # FILE:LINE of its table
+    # Capabilities it provides by being up (an NFS server): such a machine is
+    # booted and set up before the tests that require them, and runs until the end.
+    provides: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -125,9 +129,11 @@ class Lab:
     name: str
     machines: Mapping[str, MachineConfig]
     suites: tuple[SuiteSpec, ...]
+    images: Mapping[str, ImageSpec] = field(default_factory=dict)  # [image.NAME]
     description: str = ""
     sha256: str = ""  # of the lab file's bytes
     services: tuple[ServiceSpec, ...] = ()  # host services, in the file's order
+    networks: Mapping[str, NetworkSpec] = field(default_factory=dict)  # [network.NAME]
 
     @property
     def root(self) -> Path:

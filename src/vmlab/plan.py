@@ -118,7 +118,12 @@ def make_plan(
 
     tests = lab.tests
     by_id = {test.test_id: test for test in tests}
-    needs = dependency_graph(tests, provided_by(lab.services))  # services: there from the start
+    # Services and server machines are there from the start.
+    from_start = {
+        *provided_by(lab.services),
+        *(c for m in lab.machines.values() for c in m.provides),
+    }
+    needs = dependency_graph(tests, from_start)
     if cycle := capability_cycle(needs):
         raise ConfigError(f"{lab.path}: {format_cycle(cycle)}")
 

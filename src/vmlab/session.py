@@ -24,7 +24,7 @@ from vmlab.errors import CommandTimeout, GuestCrashed, GuestHung, VmlabError
 from vmlab.guest.channel import Command
 from vmlab.machine.image_machine import DiskBoot, ImageMachine, lab_tarball
 from vmlab.machine.qemu import BootImage, QemuMachine
-from vmlab.machine.spec import Share
+from vmlab.machine.spec import MachineSpec, Share
 from vmlab.plan import Job
 from vmlab.pytest_runner import run_pytest
 from vmlab.results.formats import ParsedOutput, SubOutcome, parse, test_ids
@@ -100,6 +100,8 @@ class SessionContext:
     image_for: Callable[[MachineConfig], BootImage | None]
     failed_capabilities: dict[str, str]  # capability -> the failed test that provides it
     lab_root: Path
+    # Binds a machine's NICs to the run's network switches (vmlab.net.networks).
+    attach: Callable[[MachineSpec], MachineSpec] = lambda spec: spec
 
 
 class Session:
@@ -140,6 +142,14 @@ class Session:
 
     # -- VMs -----------------------------------------------------------------
 
+    async def ensure_vm(self) -> QemuMachine:
+        """The session's machine, booted and set up (for server machines)."""
+        return await self._ensure_vm()
+
+    async def close(self) -> None:
+        """Stop the machine for good."""
+        await self._discard_vm(keep_snapshot=False)
+
     async def _ensure_vm(self) -> QemuMachine:
         if self.vm is not None and self._stale:
             await self._restore()
@@ -147,7 +157,7 @@ class Session:
             return self.vm
         self.boots += 1
         self.ctx.emit(MachineBooting(self.job.id, self.machine.name))
-        spec = replace(self.machine.spec, name=self.machine.name)
+        spec = self.ctx.attach(replace(self.machine.spec, name=self.machine.name))
         lab = self.ctx.lab_root
         log = self.ctx.run_dir / "console" / f"{_safe_name(self.job.id)}-{self.boots}.log"
         log.parent.mkdir(parents=True, exist_ok=True)

@@ -383,19 +383,9 @@ def test_a_missing_lab_file(tmp_path: Path) -> None:
         (
             """
             [machine.db]
-
-            [network.lan]
-            subnet = "10.0.0.0/24"
+            image = "debain"
             """,
-            "vmlab.toml:3: network: unknown key (networks are not supported yet)",
-        ),
-        (
-            """
-            [machine.db]
-            image = "debian.qcow2"
-            """,
-            "vmlab.toml:2: machine.db.image: unknown key "
-            "(disk-image machines are not supported yet)",
+            "vmlab.toml:2: machine.db.image: no image named 'debain' (declare [image.debain])",
         ),
     ],
 )

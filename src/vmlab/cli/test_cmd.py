@@ -15,6 +15,7 @@ import platform
 import socket
 import subprocess
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,16 +24,19 @@ from vmlab import __version__
 from vmlab.cli.live import LiveView, Progress
 from vmlab.cli.runner import error_line
 from vmlab.config import load_lab
-from vmlab.config_specs import Lab
+from vmlab.config_specs import Lab, MachineConfig
 from vmlab.errors import ExitCode, UsageError
 from vmlab.executors.local import execute
 from vmlab.machine.probes import qemu_version
 from vmlab.machine.qemu import BootImage, prepare_boot
+from vmlab.machine.spec import ImageSpec
+from vmlab.net.networks import LabNetworks
 from vmlab.plan import Plan, make_plan
 from vmlab.results.jsonout import write_results_json
 from vmlab.results.junit import write_junit
 from vmlab.results.model import Outcome, RunRecord, RunStatus, TestResult, VmSpec, new_run_id
 from vmlab.results.store import Store
+from vmlab.servers import ServerMachines, needed_servers
 from vmlab.service_spec import needed_services
 from vmlab.services import ServiceEvent, ServiceGroup
 from vmlab.session import Event, SessionContext, TestFinished
@@ -130,6 +134,9 @@ async def _run(lab: Lab, opts: TestOptions, store: Store) -> int:
     if not plan.jobs and not plan.skipped:
         raise UsageError("no test selected (check --level, --suite and -k)")
 
+    required = {capability for test in plan.tests for capability in test.requires}
+    servers = needed_servers(lab.machines.values(), required)
+    await _build_images([*(job.machine for job in plan.jobs), *servers])
     images: dict[str, BootImage] = {}
     for job in plan.jobs:
         if job.machine.name not in images:
@@ -141,7 +148,6 @@ async def _run(lab: Lab, opts: TestOptions, store: Store) -> int:
     run_id = new_run_id()
     out_dir = (opts.out or Path(".vmlab") / "runs" / run_id).absolute()
     out_dir.mkdir(parents=True, exist_ok=True)
-    required = {capability for test in plan.tests for capability in test.requires}
     services = needed_services(lab.services, required)
 
     def on_service(event: ServiceEvent) -> None:
@@ -179,12 +185,13 @@ async def _run(lab: Lab, opts: TestOptions, store: Store) -> int:
 
         for result in skipped:
             view.on_event(TestFinished("plan", result))
+        networks = LabNetworks(lab.networks.values())
         ctx = SessionContext(
             run_dir=out_dir, emit=on_event, image_for=lambda m: images.get(m.name),
-            failed_capabilities={}, lab_root=lab.root,
+            failed_capabilities={}, lab_root=lab.root, attach=networks.attach,
         )  # fmt: skip
         try:
-            async with group:
+            async with group, networks, ServerMachines(servers, ctx):
                 await execute(plan, ctx, workers)
             status = RunStatus.COMPLETED
         except asyncio.CancelledError:
@@ -194,6 +201,25 @@ async def _run(lab: Lab, opts: TestOptions, store: Store) -> int:
             await asyncio.to_thread(_finish, store, run_id, status, out_dir)
     print(f"results: {out_dir} (junit.xml, results.json); run id {run_id}")
     return exit_status(results)
+
+
+async def _build_images(machines: Iterable[MachineConfig]) -> None:
+    """Build (or find in the cache) the images of the disk-image machines the run
+    boots, with progress, before anything else starts."""
+    from rich.console import Console  # noqa: PLC0415
+
+    from vmlab.cli.image_cmd import BuildStatus  # noqa: PLC0415
+    from vmlab.machine.image_build import build_image  # noqa: PLC0415
+
+    specs = {
+        m.spec.disk.image.name: m.spec.disk.image
+        for m in machines
+        if m.spec.disk is not None and isinstance(m.spec.disk.image, ImageSpec)
+    }
+    console = Console(stderr=True, highlight=False)
+    for name, spec in specs.items():
+        async with BuildStatus(console, f"image {name}") as status:
+            await build_image(spec, progress=status.update)
 
 
 def _finish(store: Store, run_id: str, status: RunStatus, out_dir: Path) -> None:

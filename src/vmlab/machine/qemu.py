@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, BinaryIO, Self, TypeVar
 
 from vmlab.errors import (
     BootError,
@@ -38,14 +38,15 @@ from vmlab.errors import (
     InfraError,
     UsageError,
 )
-from vmlab.guest.channel import Command, CommandResult, OutputSink, Stdin
+from vmlab.guest.channel import Command, CommandResult, MachineChannel, OutputSink, Stdin
 from vmlab.guest.serial import VirtioSerialChannel
 from vmlab.machine.initramfs import build_initramfs
 from vmlab.machine.kernel import BootableKernel, bootable, find_default_kernel, inspect_kernel
 from vmlab.machine.probes import choose_accel, qemu_binary
-from vmlab.machine.qmp import send_sysrq
+from vmlab.machine.qmp import send_sysrq, set_link
 from vmlab.machine.spec import Accel, MachineSpec, Share
 from vmlab.machine.subprocess_util import kill_on_parent_death
+from vmlab.net.qemu_nic import boot_lines, find_nic, netdev_id, nic_argv, nic_modules
 from vmlab.watch.console import Console
 from vmlab.watch.crash_patterns import Kind
 
@@ -171,6 +172,7 @@ def build_argv(qemu: str, image: BootImage, spec: MachineSpec, runtime: Path) ->
             f"local,id=fs{index},path={_opt(share.host)},security_model=none,multidevs=remap{readonly}",
             "-device", f"virtio-9p-pci,fsdev=fs{index},mount_tag={tag}",
         ]  # fmt: skip
+    argv += nic_argv(spec.nics, spec.name)  # private networks (vmlab.net)
     return argv
 
 
@@ -185,6 +187,7 @@ def boot_script(spec: MachineSpec) -> str:
             f"$BB mount -t 9p -o trans=virtio,version=9p2000.L,{mode},msize=512000 "
             f"vmlab{index} {target} || fail 'cannot mount share {share.host}'"
         )
+    lines += boot_lines(spec.nics)  # private networks (vmlab.net)
     lines.append(f"$BB hostname {shlex.quote(spec.name)}")
     return "\n".join(lines) + "\n"
 
@@ -207,7 +210,7 @@ async def prepare_boot(spec: MachineSpec) -> BootImage:
     kernel = await asyncio.to_thread(inspect_kernel, kernel_path)
     boot = await asyncio.to_thread(bootable, kernel)
     modules_root = spec.modules or Path("/lib/modules") / kernel.release
-    initrd = await asyncio.to_thread(build_initramfs, modules_root, ())
+    initrd = await asyncio.to_thread(build_initramfs, modules_root, nic_modules(spec.nics))
     choice = await choose_accel(spec.accel, boot.boot_path, kernel.sha256, initrd)
     return BootImage(boot, modules_root, initrd, choice.accel, choice.notice)
 
@@ -229,7 +232,7 @@ class QemuMachine:
         self.console_log_path = console_log
         self._console_echo = console_echo
         self.console: Console | None = None
-        self.channel: VirtioSerialChannel | None = None
+        self.channel: MachineChannel | None = None
         self.boot_seconds: float | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._runtime: Path | None = None
@@ -240,7 +243,7 @@ class QemuMachine:
 
     # -- lifecycle -----------------------------------------------------------
 
-    async def __aenter__(self) -> QemuMachine:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 
@@ -256,15 +259,9 @@ class QemuMachine:
         """Boot. A boot that stalls, or whose init gives up, is retried once,
         then raises BootError; on any failure nothing of the VM is left."""
         qemu = qemu_binary()
-        if self.image is None:
-            self.image = await prepare_boot(self.spec)
-        if self.spec.modules is not None and self.spec.modules != Path("/lib/modules") / (
-            self.image.kernel.kernel.release
-        ):
-            self.spec = _with_modules_share(self.spec, self.image)
+        timeout = await self._prepare()
         if self.console_log_path is not None:
             self.console_log_path.write_bytes(b"")  # both attempts append to it
-        timeout = self.spec.boot_timeout or BOOT_TIMEOUT[self.image.accel]
         for attempt in (1, 2):
             try:
                 await self._boot_once(qemu, timeout)
@@ -280,14 +277,50 @@ class QemuMachine:
                 await self.stop()
                 raise
 
-    async def _boot_once(self, qemu: str, timeout: float) -> None:
-        assert self.image is not None
+    async def _prepare(self) -> float:
+        """Resolve what every boot attempt shares; return the boot timeout."""
+        if self.image is None:
+            self.image = await prepare_boot(self.spec)
+        if self.spec.modules is not None and self.spec.modules != Path("/lib/modules") / (
+            self.image.kernel.kernel.release
+        ):
+            self.spec = _with_modules_share(self.spec, self.image)
+        return self.spec.boot_timeout or BOOT_TIMEOUT[self.image.accel]
+
+    def _new_runtime(self) -> Path:
+        """A fresh private runtime directory, owned by this process."""
         self.state = MachineState.BOOTING
-        started = time.monotonic()
         sweep_stale_runtime_dirs()
         self._runtime = Path(tempfile.mkdtemp(prefix="vmlab-", dir=runtime_base()))
         (self._runtime / OWNER_FILE).write_text(f"{os.getpid()}\n")
         self._death = asyncio.get_running_loop().create_future()
+        return self._runtime
+
+    async def _spawn(self, qemu: str, *, detach: bool = False) -> None:
+        """Start QEMU with `self.argv`, its stderr to the runtime directory.
+        `detach`: it may outlive vmlab (no PDEATHSIG); it still gets its own session."""
+        assert self._runtime is not None
+        stderr = (self._runtime / "qemu.stderr").open("wb")
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                *self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                start_new_session=True,
+                preexec_fn=None if detach else kill_on_parent_death,
+            )
+        except OSError as exc:
+            raise InfraError(f"cannot start QEMU ({qemu}): {exc.strerror}") from exc
+        finally:
+            stderr.close()
+        self._tasks.append(asyncio.create_task(self._watch_process(), name="vmlab-qemu"))
+
+    async def _boot_once(self, qemu: str, timeout: float) -> None:
+        assert self.image is not None
+        started = time.monotonic()
+        self._new_runtime()
+        assert self._runtime is not None and self._death is not None
         self.console = Console(
             self.console_log_path or self._runtime / "console.log", echo=self._console_echo
         )
@@ -302,21 +335,7 @@ class QemuMachine:
                 )
             )
         self.argv = build_argv(qemu, self.image, self.spec, self._runtime)
-        stderr = (self._runtime / "qemu.stderr").open("wb")
-        try:
-            self._proc = await asyncio.create_subprocess_exec(
-                *self.argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-                start_new_session=True,
-                preexec_fn=kill_on_parent_death,
-            )
-        except OSError as exc:
-            raise InfraError(f"cannot start QEMU ({qemu}): {exc.strerror}") from exc
-        finally:
-            stderr.close()
-        self._tasks.append(asyncio.create_task(self._watch_process(), name="vmlab-qemu"))
+        await self._spawn(qemu)
 
         try:
             streams = await self._guard(asyncio.gather(*connections.values()), timeout=30)
@@ -329,18 +348,19 @@ class QemuMachine:
         self._tasks.append(
             asyncio.create_task(self._follow_console(named["con"][0]), name="vmlab-con")
         )
-        self.channel = VirtioSerialChannel(
+        channel = VirtioSerialChannel(
             named["ctl"], named["sys"], named["out"], named["err"], self._runtime / "in.sock"
         )
+        self.channel = channel
         try:
-            await self._guard(self.channel.boot(boot_script(self.spec)), timeout=timeout)
+            await self._guard(channel.boot(boot_script(self.spec)), timeout=timeout)
         except TimeoutError:
             raise BootError(
                 f"the guest did not reach its agent within {timeout:g} s",
                 details="\n".join(self.console.tail(15)),
             ) from None
         except InfraError as exc:
-            if self._proc.returncode not in (0, None):
+            if self._proc is not None and self._proc.returncode not in (0, None):
                 raise  # QEMU itself failed: retrying would fail the same way
             # The guest powered off (init gave up) or hung up: say why, retry once.
             reason = next(
@@ -535,7 +555,7 @@ class QemuMachine:
                 with contextlib.suppress(BaseException):
                     await task  # retrieve its outcome: the VM's fate already explains it
 
-    async def _watch_for_hang(self, channel: VirtioSerialChannel, console: Console) -> str:
+    async def _watch_for_hang(self, channel: MachineChannel, console: Console) -> str:
         """Return why the guest counts as hung: a lockup report on the console,
         or no answer to the heartbeat. Runs beside every command."""
         report = asyncio.ensure_future(console.hung.wait())
@@ -591,6 +611,17 @@ class QemuMachine:
                 await send_sysrq(self._runtime / "qmp.sock", letter)
             await self.console.settle(since=asked)
 
+    # -- private networks (vmlab.net) ---------------------------------------
+
+    async def link(self, network: str, *, up: bool) -> None:
+        """Plug (`up=True`) or pull the cable of this machine's NIC on `network`
+        (QMP set_link on its netdev): while down, QEMU drops its frames both
+        ways and the guest sees no carrier."""
+        if self.state is not MachineState.RUNNING or self._runtime is None:
+            raise InfraError(f"machine {self.spec.name} is not running ({self.state.value})")
+        find_nic(self.spec.nics, network, self.spec.name)
+        await set_link(self._runtime / "qmp.sock", netdev_id(network), up)
+
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
@@ -620,7 +651,7 @@ async def _first_of(work: Awaitable[T], hang: asyncio.Future[str]) -> T:
     raise _Hang(hang.result())
 
 
-async def _heartbeat(channel: VirtioSerialChannel) -> str:
+async def _heartbeat(channel: MachineChannel) -> str:
     """Ping the agent's control loop until it stops answering; say for how long."""
     while True:
         await asyncio.sleep(HEARTBEAT_INTERVAL)
