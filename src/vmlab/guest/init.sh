@@ -15,6 +15,23 @@ fail() {
 	exit 1
 }
 
+# vmlab.net: the boot script calls `vmlab_nic MAC ADDRESS/PREFIX` for each NIC
+# on a private network (virtio_net is in /modules.order then); the interface
+# is the one with that MAC. /sys has moved to /newroot/sys by then.
+vmlab_nic() {
+	local n=0 dev
+	while :; do
+		for dev in /newroot/sys/class/net/*; do
+			[ "$($BB cat "$dev/address" 2>/dev/null)" = "$1" ] || continue
+			$BB ip addr add "$2" dev "${dev##*/}" && $BB ip link set "${dev##*/}" up && return 0
+			fail "cannot configure ${dev##*/} ($1) as $2"
+		done
+		n=$((n + 1))
+		[ $n -gt 500 ] && fail "no network interface with MAC $1"
+		$BB usleep 10000
+	done
+}
+
 $BB mount -t proc proc /proc
 $BB mount -t sysfs sysfs /sys
 $BB mount -t devtmpfs devtmpfs /dev
