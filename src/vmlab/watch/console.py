@@ -44,6 +44,7 @@ class Console:
         self.log_path = log_path
         self._echo = echo
         self._log = log_path.open("ab", buffering=0) if record else None
+        self._reader: BinaryIO | None = None
         self._tail: collections.deque[str] = collections.deque(maxlen=keep)
         self._partial = b""
         self._watchers: list[LineWatcher] = []
@@ -72,15 +73,25 @@ class Console:
             self.close()
 
     async def follow_file(self, path: Path, *, offset: int = 0, poll: float = 0.1) -> None:
-        """Feed what a writer appends to `path` (from `offset`), until cancelled."""
+        """Feed what a writer appends to `path` (from `offset`), until cancelled;
+        `drain_file()` feeds what is left at once (the writer has exited)."""
         with path.open("rb") as log:
             log.seek(offset)
-            while True:
-                data = log.read(1 << 16)
-                if data:
-                    self.feed(data)
-                else:
-                    await asyncio.sleep(poll)
+            self._reader = log
+            try:
+                while True:
+                    if not self.drain_file():
+                        await asyncio.sleep(poll)
+            finally:
+                self._reader = None
+
+    def drain_file(self) -> bool:
+        """Feed everything `follow_file`'s file has now; False when nothing."""
+        fed = False
+        while self._reader is not None and (data := self._reader.read(1 << 16)):
+            self.feed(data)
+            fed = True
+        return fed
 
     def close(self) -> None:
         if self._log is not None:

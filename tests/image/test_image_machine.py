@@ -1,0 +1,111 @@
+"""A real disk-image machine under TCG: one boot (about a minute here), then
+commands over SSH, a timeout, snapshots and a crash, on that same machine.
+
+The machine boots the standard test image (tests/image/images.py) with its own
+kernel, is provisioned by cloud-init from vmlab's seed, and is reached over
+SSH on a forwarded loopback port.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from vmlab.errors import CommandNotFound, CommandTimeout, GuestCrashed
+from vmlab.guest.channel import Command
+from vmlab.machine.image_build import BuiltImage
+from vmlab.machine.image_machine import ImageMachine
+from vmlab.machine.spec import Accel, DiskSpec, MachineSpec
+
+from .images import TEST_IMAGE_SPEC
+
+pytestmark = [pytest.mark.vm, pytest.mark.timeout(900)]
+
+
+@pytest.fixture(scope="module")
+def lab_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("lab")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def vm(built_image: BuiltImage, lab_dir: Path) -> AsyncIterator[ImageMachine]:
+    assert built_image.base.exists()
+    spec = MachineSpec(
+        name="imgtest",
+        memory_mib=1024,
+        accel=Accel.TCG,
+        disk=DiskSpec(image=TEST_IMAGE_SPEC, lab_dir=lab_dir),
+    )
+    machine = ImageMachine(spec, console_log=lab_dir / "console.log")
+    async with machine:
+        yield machine
+    # Stopped: nothing of it is left.
+    assert machine.pid is None and machine.runtime_dir is None
+    assert not any("vmlab-imgtest" in _cmdline(pid) for pid in os.listdir("/proc") if pid.isdigit())
+
+
+def _cmdline(pid: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_the_guest_runs_the_images_own_kernel_and_systemd(
+    vm: ImageMachine, built_image: BuiltImage
+) -> None:
+    result = await vm.run(Command(shell="uname -r; cat /proc/1/comm; id -u; hostname"))
+    assert result.stdout.decode().split() == [built_image.release, "systemd", "0", "imgtest"]
+    assert vm.console is not None
+    assert any("Linux version" in line for line in vm.console.tail(200)) or (
+        "Linux version" in (vm.console.log_path.read_text(errors="replace"))
+    )
+    key = (await vm.run(Command(shell="cat /home/vmlab/.ssh/authorized_keys"))).stdout.decode()
+    assert vm.disk_boot is not None and vm.disk_boot.key.public_openssh.split()[1] in key
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_output_status_stdin_and_errors_travel_over_ssh(vm: ImageMachine) -> None:
+    result = await vm.run(
+        Command(shell="tr a-z A-Z; echo to-stderr >&2; exit 7"), stdin=b"hello\n" * 50_000
+    )
+    assert result.status == 7
+    assert result.stdout == b"HELLO\n" * 50_000
+    assert result.stderr == b"to-stderr\n"
+    env = await vm.run(
+        Command(argv=("printenv", "A"), env={"A": "x y", "PATH": "/usr/bin:/bin"}, cwd="/tmp")
+    )
+    assert env.stdout == b"x y\n"
+    with pytest.raises(CommandNotFound):
+        await vm.run(Command(argv=("no-such-program-here",)))
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_timeout_kills_the_command_and_the_machine_stays_usable(vm: ImageMachine) -> None:
+    with pytest.raises(CommandTimeout):
+        await vm.run(Command(shell="sleep 300 & sleep 300"), timeout=3)
+    left = await vm.run(Command(shell="pgrep -x sleep || true"))
+    assert left.stdout == b""  # the whole process group was killed
+    assert (await vm.run(Command(shell="echo alive"))).stdout == b"alive\n"
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_restore_brings_back_the_snapshot_even_after_a_crash(vm: ImageMachine) -> None:
+    await vm.run(Command(shell="echo before >/root/marker"))
+    await vm.save_snapshot()
+    await vm.run(Command(shell="echo after >/root/marker; echo x >/root/new"))
+    await vm.restore_snapshot()
+    marker = await vm.run(Command(shell="cat /root/marker; test -e /root/new; echo $?"))
+    assert marker.stdout == b"before\n1\n"
+
+    with pytest.raises(GuestCrashed) as crashed:
+        await vm.run(Command(shell="echo x >/root/new; sync; echo c >/proc/sysrq-trigger"))
+    assert "sysrq" in crashed.value.message.lower()
+    await vm.restore_snapshot()  # QEMU is gone: a new one resumes the snapshot
+    after = await vm.run(Command(shell="cat /root/marker; test -e /root/new; echo $?"))
+    assert after.stdout == b"before\n1\n"
