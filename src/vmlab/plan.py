@@ -239,7 +239,10 @@ def _partition(
     for (_, suite), group in sorted(groups.items(), key=lambda item: item[0][0]):
         sessions = [t for t in group if t.safety is not Safety.DANGEROUS]
         taken: set[str] = set()  # jobs already holding part of this group
-        for chunk in _deal(sessions, _how_many(sessions, estimates, share, workers), estimates):
+        # One VM at a time for a machine on a private network (its address is its own).
+        networked = bool(sessions) and bool(lab.machines[sessions[0].machine].spec.nics)
+        count = 1 if networked else _how_many(sessions, estimates, share, workers)
+        for chunk in _deal(sessions, count, estimates):
             chunk.sort(key=lambda t: (not t.safety.shares_vm, position[t.test_id]))
             waits = {job_of[p] for t in chunk for p in needs[t.test_id]}
             members = {t.test_id for t in chunk}

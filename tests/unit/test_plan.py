@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 import textwrap
+from dataclasses import replace
+from ipaddress import IPv4Address
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -12,7 +14,7 @@ import pytest
 
 from vmlab.config import Lab, MachineConfig, Safety, SuiteSpec, TestSpec, load_lab
 from vmlab.errors import ConfigError, UsageError
-from vmlab.machine.spec import MachineSpec
+from vmlab.machine.spec import MachineSpec, NicSpec
 from vmlab.plan import DANGEROUS_REASON, Job, JobKind, Plan, keyword_matcher, make_plan
 
 REPO = Path(__file__).resolve().parents[2]
@@ -339,6 +341,25 @@ def test_a_suite_is_split_longest_first_over_the_workers() -> None:
     one = plan(lab, jobs=1, past_durations=past)
     assert layout(one) == [("s#1", [f"s/t{n}" for n in range(1, 7)], [])]
     assert one.estimate_s == 110
+
+
+def test_a_machine_on_a_network_is_never_split_over_workers() -> None:
+    lab = lab_of(*(spec(f"s/t{n}") for n in range(1, 7)))
+    nic = NicSpec(
+        network="lan", mac="02:00:00:00:00:01", address=IPv4Address("10.9.0.10"), prefix=24
+    )
+    machine = lab.machines["m-s"]
+    networked = replace(
+        lab,
+        machines=MappingProxyType(
+            {"m-s": replace(machine, spec=replace(machine.spec, nics=(nic,)))}
+        ),
+    )
+    past = {f"s/t{n}": 10.0 for n in range(1, 7)}
+    assert [job.id for job in plan(lab, jobs=2, past_durations=past).jobs] == ["s#1", "s#2"]
+    assert layout(plan(networked, jobs=2, past_durations=past)) == [
+        ("s#1", [f"s/t{n}" for n in range(1, 7)], []),
+    ]
 
 
 def test_unknown_tests_are_estimated_at_their_timeout() -> None:

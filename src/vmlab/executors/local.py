@@ -1,7 +1,9 @@
 """The local executor: run a plan's jobs on this machine, `workers` at a time.
 
 A job starts once every job it depends on has finished (capability order);
-among those ready, the plan's order (longest first) decides. Cancelling the
+among those ready, the plan's order (longest first) decides. Two jobs of a
+machine that is on a private network never run at once: the copies would
+share its address and MAC. Cancelling the
 executor cancels every running session, whose `finally` stops its VM.
 """
 
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Iterable
 
 from vmlab.plan import Job, Plan
 from vmlab.results.model import TestResult
@@ -26,7 +29,7 @@ async def execute(plan: Plan, ctx: SessionContext, workers: int) -> list[TestRes
             for job in list(pending):
                 if len(running) >= max(1, workers):
                     break
-                if job.depends_on <= finished:
+                if job.depends_on <= finished and not _collides(job, running.values()):
                     pending.remove(job)
                     task = asyncio.create_task(Session(job, ctx).run(), name=f"job-{job.id}")
                     running[task] = job
@@ -44,3 +47,10 @@ async def execute(plan: Plan, ctx: SessionContext, workers: int) -> list[TestRes
             with contextlib.suppress(BaseException):
                 await task
     return results
+
+
+def _collides(job: Job, running: Iterable[Job]) -> bool:
+    """Whether `job` would boot a second copy of a networked machine."""
+    return bool(job.machine.spec.nics) and any(
+        other.machine.name == job.machine.name for other in running
+    )
