@@ -8,6 +8,7 @@ packages=(
   python3-venv git make gcc libc6-dev
   postgresql
   genisoimage  # tests only: isoinfo reads back vmlab's cloud-init seed ISOs
+  mmdebstrap e2fsprogs  # vmlab image build: the root filesystem, mkfs.ext4 -d (and debugfs)
 )
 
 # A kernel with modules for the guests: the newest /boot/vmlinuz-* whose modules exist.

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from vmlab import __version__
+from vmlab.cli.image_cmd import image_app  # light: its commands import their work lazily
 from vmlab.cli.runner import run_async, run_sync
 from vmlab.machine.spec import Accel
 
@@ -185,6 +186,7 @@ def export(
 
 crash_app = typer.Typer(help="Kernel crash reports.", no_args_is_help=True)
 app.add_typer(crash_app, name="crash")
+app.add_typer(image_app, name="image")
 
 
 @crash_app.command("analyze")
