@@ -5,6 +5,7 @@ find/list/remove/sweep on entries made here."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime
 import json
@@ -420,3 +421,34 @@ def test_built_image_paths() -> None:
         Path("/c/k/vmlinuz"),
         Path("/c/k/modules/6.1.0-1-amd64"),
     )
+
+
+async def test_one_build_of_a_key_at_a_time_and_no_lock_file_left(_cache: Path) -> None:
+    order: list[str] = []
+    first_in = asyncio.Event()
+    release = asyncio.Event()
+
+    async def hold(name: str) -> None:
+        messages: list[str] = []
+        async with image_build._build_lock("ab" * 32, messages.append):
+            order.append(f"{name} in")
+            first_in.set()
+            await release.wait()
+            order.append(f"{name} out")
+        order.extend(f"{name}: {m}" for m in messages)
+
+    first = asyncio.create_task(hold("first"))
+    await first_in.wait()
+    second = asyncio.create_task(hold("second"))
+    await asyncio.sleep(0.7)  # the second polls every 0.5 s
+    assert order == ["first in"]
+    release.set()
+    await asyncio.gather(first, second)
+    assert order == [
+        "first in",
+        "first out",
+        "second in",
+        "second out",
+        "second: waiting for another vmlab that builds this image",
+    ]
+    assert list(image_build.images_dir().iterdir()) == []

@@ -126,6 +126,7 @@ PACKAGE_NAME = re.compile(r"[a-z0-9][a-z0-9+.-]+")
 Progress = Callable[[str], None]
 
 _IMAGES = "images"
+KEEP_BUILD_LOGS = 50
 _INFO = "image.json"
 _LOG_TAIL = 60  # lines of mmdebstrap's output kept as an error's evidence
 _SCRIPT_FAILED = "E: vmlab: the image script failed with exit status "
@@ -392,7 +393,7 @@ def _host_tools(spec: ImageSpec) -> _Tools:
 async def _build(spec: ImageSpec, key: str, work: Path, tools: _Tools, say: Progress) -> BuiltImage:
     started = time.monotonic()
     rootfs = work / "rootfs"
-    log = state_dir("image-builds") / f"{spec.name}-{key[:12]}.log"
+    log = _build_log(spec, key)
     argv = _mmdebstrap_argv(spec, work, rootfs, tools)
     say("mmdebstrap: starting")
     code, tail = await _run_logged(argv, log, say)
@@ -472,6 +473,22 @@ async def make_filesystem(
             details=output,
         )
     raise InfraError(f"image {spec.name}: mkfs.ext4 failed (exit {code})", details=output)
+
+
+def _build_log(spec: ImageSpec, key: str) -> Path:
+    """~/.local/state/vmlab/image-builds/NAME-KEY12.log; the newest ones are kept."""
+    directory = state_dir("image-builds")
+    logs = sorted(directory.glob("*.log"), key=_mtime)
+    for old in logs[: max(0, len(logs) - KEEP_BUILD_LOGS + 1)]:
+        old.unlink(missing_ok=True)
+    return directory / f"{spec.name}-{key[:12]}.log"
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
 
 
 def _mmdebstrap_argv(spec: ImageSpec, work: Path, rootfs: Path, tools: _Tools) -> list[str]:
@@ -758,21 +775,40 @@ def _kill_group(proc: asyncio.subprocess.Process) -> None:
 
 @contextlib.asynccontextmanager
 async def _build_lock(key: str, say: Progress) -> AsyncIterator[None]:
-    """One build of a key at a time (across processes); others wait, then find it."""
-    fd = os.open(images_dir() / f".{key[:32]}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        told = False
-        while True:
+    """One build of a key at a time (across processes); others wait, then find it.
+
+    The holder removes the lock file when done, so that failed and cancelled
+    builds leave none behind; a waiter that then gets the lock on the removed
+    file sees that the path is gone or is another file, and locks again."""
+    path = images_dir() / f".{key[:32]}.lock"
+    told = False
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if not told:
+                        say("waiting for another vmlab that builds this image")
+                        told = True
+                    await asyncio.sleep(0.5)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if not told:
-                    say("waiting for another vmlab that builds this image")
-                    told = True
-                await asyncio.sleep(0.5)
+                current = os.stat(path).st_ino
+            except FileNotFoundError:
+                current = -1
+        except BaseException:
+            os.close(fd)
+            raise
+        if current == os.fstat(fd).st_ino:
+            break
+        os.close(fd)  # locked a file its holder had removed: lock the new one
+    try:
         yield
     finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
         os.close(fd)
 
 
