@@ -31,6 +31,7 @@ from vmlab.config_schema import (
     LabFileModel,
     MachineModel,
     NetworkModel,
+    PlaybookModel,
     ReadyModel,
     ServiceModel,
     ShareModel,
@@ -256,9 +257,7 @@ class _Resolver:
         for i, module in enumerate(model.modules_load):
             if not _MODULE.fullmatch(module):
                 self.fail((*at, "modules_load", i), f"{module!r} is not a module name")
-        for i, command in enumerate(model.setup):
-            if not command.strip():
-                self.fail((*at, "setup", i), "empty command")
+        commands, playbook = self.setup(model, at)
         disk, kernel = self.disk(model, at, images)
         spec = MachineSpec(
             kernel=self.path(kernel, (*at, "kernel"), "file") if kernel else None,
@@ -276,12 +275,25 @@ class _Resolver:
         return MachineConfig(
             name=name,
             spec=spec,
-            setup=tuple(model.setup),
+            setup=commands,
+            playbook=playbook,
             modules_load=tuple(model.modules_load),
             description=model.description,
             where=self.where(at),
             provides=tuple(model.provides),
         )
+
+    def setup(self, model: MachineModel, at: KeyPath) -> tuple[tuple[str, ...], Path | None]:
+        """A machine's setup commands, or its Ansible playbook (disk-image machines)."""
+        if isinstance(model.setup, PlaybookModel):
+            where = (*at, "setup", "playbook")
+            if model.image is None:
+                self.fail(where, "a playbook needs a disk-image machine (add `image = ...`)")
+            return (), self.path(model.setup.playbook, where, "file")
+        for i, command in enumerate(model.setup):
+            if not command.strip():
+                self.fail((*at, "setup", i), "empty command")
+        return tuple(model.setup), None
 
     def networks(
         self, models: Mapping[str, NetworkModel], machines: Mapping[str, MachineModel], lab: str

@@ -14,7 +14,15 @@ import types
 import typing
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    TypeAdapter,
+)
 from pydantic_core import ErrorDetails
 
 from vmlab.config_toml import KeyPath
@@ -140,6 +148,28 @@ class ShareModel(_Model):
     rw: bool = False
 
 
+class PlaybookModel(_Model):
+    """`setup = { playbook = "site.yml" }`: an Ansible playbook run from the host."""
+
+    playbook: str
+
+
+_COMMANDS: TypeAdapter[list[str]] = TypeAdapter(list[str], config=ConfigDict(strict=True))
+
+
+def _setup(value: object) -> list[str] | PlaybookModel:
+    """`setup`: a command, an array of commands, or `{ playbook = "site.yml" }`
+    (their errors keep their place: `setup[1]`, `setup.playbook`)."""
+    if isinstance(value, dict):
+        return PlaybookModel.model_validate(value)
+    if isinstance(value, str | list):
+        return _COMMANDS.validate_python(_one_or_many(value))
+    raise ValueError(
+        f'expected a shell command, an array of them, or {{ playbook = "site.yml" }}, '
+        f"got {describe(value)}"
+    )
+
+
 class NetworkModel(_Model):
     """`[network.NAME]`: a private L2 network between machines."""
 
@@ -168,7 +198,9 @@ class MachineModel(_Model):
     shares: list[Annotated[ShareModel, BeforeValidator(_share)]] = Field(default_factory=list)
     modules_load: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
-    setup: Lines = Field(default_factory=list)
+    setup: Annotated[list[str] | PlaybookModel, PlainValidator(_setup)] = Field(
+        default_factory=list
+    )  # shell commands, or { playbook = "site.yml" } (disk-image machines)
     networks: list[Annotated[NetworkJoinModel, BeforeValidator(_network_join)]] = Field(
         default_factory=list
     )

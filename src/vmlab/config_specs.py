@@ -60,6 +60,7 @@ class MachineConfig:
     name: str
     spec: MachineSpec
     setup: tuple[str, ...] = ()  # shell commands run once after every boot, in order
+    playbook: Path | None = None  # an Ansible playbook run from the host after every boot
     modules_load: tuple[str, ...] = ()  # kernel modules loaded at boot (before setup)
     description: str = ""
     where: str = ""  # FILE:LINE of its table

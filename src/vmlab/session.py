@@ -22,8 +22,10 @@ from pathlib import Path
 from vmlab.config_specs import MachineConfig, Safety, TestFormat, TestSpec
 from vmlab.errors import CommandTimeout, GuestCrashed, GuestHung, VmlabError
 from vmlab.guest.channel import Command
+from vmlab.machine.ansible import InventoryHost, failure_line, run_playbook
 from vmlab.machine.image_machine import DiskBoot, ImageMachine, lab_tarball
 from vmlab.machine.qemu import BootImage, QemuMachine
+from vmlab.machine.records import console_log_path, record_path
 from vmlab.machine.spec import MachineSpec, Share
 from vmlab.plan import Job
 from vmlab.pytest_runner import run_pytest
@@ -102,6 +104,9 @@ class SessionContext:
     lab_root: Path
     # Binds a machine's NICs to the run's network switches (vmlab.net.networks).
     attach: Callable[[MachineSpec], MachineSpec] = lambda spec: spec
+    # `vmlab up`: disk-image machines boot in the background (QEMU outlives
+    # vmlab; ImageMachine.detach), their console log in .vmlab/machines/.
+    background: bool = False
 
 
 class Session:
@@ -155,15 +160,25 @@ class Session:
             await self._restore()
         if self.vm is not None:
             return self.vm
+        if (
+            self.machine.spec.disk is not None
+            and not self.ctx.background
+            and await asyncio.to_thread(record_path(self.ctx.lab_root, self.machine.name).exists)
+        ):
+            return await self._attach()
         self.boots += 1
         self.ctx.emit(MachineBooting(self.job.id, self.machine.name))
         spec = self.ctx.attach(replace(self.machine.spec, name=self.machine.name))
         lab = self.ctx.lab_root
         log = self.ctx.run_dir / "console" / f"{_safe_name(self.job.id)}-{self.boots}.log"
+        if self.ctx.background and spec.disk is not None:
+            log = console_log_path(lab, self.machine.name)
         log.parent.mkdir(parents=True, exist_ok=True)
         vm: QemuMachine
         if spec.disk is not None:
-            vm = ImageMachine(spec, console_log=log, disk_boot=self._disk_boot)
+            vm = ImageMachine(
+                spec, console_log=log, disk_boot=self._disk_boot, background=self.ctx.background
+            )
         else:
             if all(share.guest != lab for share in spec.shares):
                 spec = replace(spec, shares=(*spec.shares, Share(lab, lab, writable=True)))
@@ -183,6 +198,21 @@ class Session:
             await self._setup(vm)
             if isinstance(vm, ImageMachine):
                 await vm.save_snapshot()  # later "fresh VMs" are restores of this
+        except BaseException:
+            await self._discard_vm(keep_snapshot=False)
+            raise
+        return vm
+
+    async def _attach(self) -> QemuMachine:
+        """The machine `vmlab up` left running, instead of a new boot: it was set
+        up then; the lab is copied in again (it may have changed). It is not
+        stopped at the end (see ImageMachine.attach)."""
+        vm = await ImageMachine.attach(replace(self.machine.spec, name=self.machine.name))
+        self.vm = vm
+        assert vm.console is not None
+        vm.console.watch(self._on_console_line)
+        try:
+            await self._copy_lab(vm)
         except BaseException:
             await self._discard_vm(keep_snapshot=False)
             raise
@@ -232,6 +262,24 @@ class Session:
                     + (f": {output}" if output else ""),
                     details=_tail(result.stdout + result.stderr),
                 )
+        if self.machine.playbook is not None:
+            assert isinstance(vm, ImageMachine)  # the config takes playbooks only there
+            await self._playbook(vm, self.machine.playbook)
+
+    async def _playbook(self, vm: ImageMachine, playbook: Path) -> None:
+        """`setup = { playbook = ... }`: ansible-playbook on the host, this machine only."""
+        assert vm.ssh_port is not None and vm.key_path is not None
+        host = InventoryHost(self.machine.name, vm.ssh_port, vm.ssh_user, vm.key_path)
+        run = await run_playbook(playbook, host, cwd=self.ctx.lab_root)
+        what = f"setup of {self.machine.name}: ansible-playbook {playbook.name}"
+        if run.status == -1:
+            raise SetupFailed(f"{what} timed out")
+        if run.status != 0:
+            line = failure_line(run.output)
+            raise SetupFailed(
+                f"{what} exited {run.status}" + (f": {line}" if line else ""),
+                details=_tail(run.output),
+            )
 
     async def _discard_vm(self, *, keep_snapshot: bool = True) -> None:
         """Never run another test in the current VM. A disk-image machine with a

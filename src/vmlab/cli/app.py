@@ -10,6 +10,7 @@ import typer
 
 from vmlab import __version__
 from vmlab.cli.image_cmd import image_app  # light: its commands import their work lazily
+from vmlab.cli.lifecycle_app import add_lifecycle_commands  # light, like image_cmd
 from vmlab.cli.runner import run_async, run_sync
 from vmlab.machine.spec import Accel
 
@@ -183,6 +184,8 @@ def export(
 
     sys.exit(run_sync(lambda: results_cmd.export_run(db, run_id, fmt, output)))
 
+
+add_lifecycle_commands(app)  # up, status, ssh, console, down, clean, inventory
 
 crash_app = typer.Typer(help="Kernel crash reports.", no_args_is_help=True)
 app.add_typer(crash_app, name="crash")

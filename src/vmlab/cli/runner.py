@@ -31,8 +31,14 @@ def _report(exc: VmlabError, *, verbose: bool) -> int:
     return int(exc.exit_code)
 
 
-def run_async(work: Coroutine[Any, Any, int], *, verbose: bool = False) -> int:
-    """Run `work` to an exit status, turning signals and VmlabErrors into codes."""
+def run_async(
+    work: Coroutine[Any, Any, int],
+    *,
+    verbose: bool = False,
+    on_signal: str = "the VM was stopped and its files removed",
+) -> int:
+    """Run `work` to an exit status, turning signals and VmlabErrors into codes.
+    `on_signal`: what the line printed after SIGINT/SIGTERM adds ("" for nothing)."""
     received: list[signal.Signals] = []
 
     async def main() -> int:
@@ -58,7 +64,7 @@ def run_async(work: Coroutine[Any, Any, int], *, verbose: bool = False) -> int:
         return _report(exc, verbose=verbose)
     except (asyncio.CancelledError, KeyboardInterrupt):
         sig = received[0] if received else signal.SIGINT
-        error_line(f"{_SIGNAL_WORD[sig]}; the VM was stopped and its files removed")
+        error_line(_SIGNAL_WORD[sig] + (f"; {on_signal}" if on_signal else ""))
         return int(_SIGNAL_EXIT[sig])
 
 

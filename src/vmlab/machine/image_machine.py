@@ -31,22 +31,31 @@ import socket
 import subprocess
 import time
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
-from vmlab.errors import BootError, HostError, InfraError, UsageError
+from vmlab.errors import BootError, GuestCrashed, HostError, InfraError, UsageError, VmlabError
 from vmlab.guest.ssh import SshChannel
 from vmlab.machine.cloud_config import Nic, Seed, SeedRequest, build_seed, ready_marker
 from vmlab.machine.initramfs import build_initramfs
 from vmlab.machine.kernel import BootableKernel, bootable, inspect_kernel
 from vmlab.machine.lab_keys import LabKey, lab_key
 from vmlab.machine.qemu import (
+    OWNER_FILE,
     MachineState,
     QemuMachine,
     _opt,
     prepare_boot,
 )
 from vmlab.machine.qmp import human
+from vmlab.machine.records import (
+    AdoptedProcess,
+    MachineInUse,
+    MachineRecord,
+    read_record,
+    write_record,
+)
 from vmlab.machine.seed_iso import write_seed_iso
 from vmlab.machine.spec import Accel, ImageSpec, KernelSource, MachineSpec
 from vmlab.net.qemu_nic import nic_argv
@@ -215,13 +224,23 @@ class ImageMachine(QemuMachine):
         console_log: Path | None = None,
         console_echo: BinaryIO | None = None,
         disk_boot: DiskBoot | None = None,
+        background: bool = False,
     ) -> None:
+        """`background` (`vmlab up`): QEMU may outlive vmlab (no PDEATHSIG) and
+        owns its runtime directory (owner.pid is QEMU's pid, so the stale sweep
+        leaves it alone); `detach()` then leaves it running."""
         if spec.disk is None:
             raise ValueError("ImageMachine needs a MachineSpec with `disk`")
         super().__init__(spec, console_log=console_log, console_echo=console_echo)
         self.disk_boot = disk_boot
         self.ssh_port: int | None = None
         self.snapshot: str | None = None  # the tag of a saved snapshot
+        self.background = background
+        # A machine `vmlab up` started (see attach()): stop() only detaches.
+        self.keep_running = False
+        self.key_path: Path | None = None
+        self.started: datetime | None = None  # when QEMU was started (UTC)
+        self._in_use: MachineInUse | None = None
         self._qemu = ""
 
     # vmlab logs in as root with the lab key (the seed allows it): commands run
@@ -251,7 +270,9 @@ class ImageMachine(QemuMachine):
         log.touch()
         offset = log.stat().st_size
         self.argv = build_image_argv(qemu, boot, self.spec, runtime, self.ssh_port, log)
-        await self._spawn(qemu)
+        self.key_path = boot.key.private_path
+        await self._spawn(qemu, detach=self.background)
+        self._spawned()
         self._follow_log(log, offset)
         await self._wait_ready(seed.ready, seed.ready_text, timeout - (time.monotonic() - started))
         await self._connect(SSH_TIMEOUT)
@@ -324,8 +345,7 @@ class ImageMachine(QemuMachine):
 
     async def _connect(self, timeout: float) -> None:
         """Stage 3: SSH answers with the lab key (retried until `timeout`)."""
-        boot = self.disk_boot
-        assert boot is not None and self.ssh_port is not None
+        assert self.key_path is not None and self.ssh_port is not None
         deadline = time.monotonic() + timeout
         last: InfraError | None = None
         while time.monotonic() < deadline:
@@ -335,7 +355,7 @@ class ImageMachine(QemuMachine):
                         "127.0.0.1",
                         self.ssh_port,
                         user=self.ssh_user,
-                        key=boot.key.private_path,
+                        key=self.key_path,
                         timeout=min(15.0, max(deadline - time.monotonic(), 1.0)),
                     ),
                     timeout=None,
@@ -400,11 +420,172 @@ class ImageMachine(QemuMachine):
         offset = log.stat().st_size if log.exists() else 0
         if "-loadvm" not in self.argv:
             self.argv += ["-loadvm", self.snapshot]
-        await self._spawn(self._qemu)
+        if not (self._runtime / "disk.qcow2").is_file():
+            raise InfraError(
+                f"{self.spec.name}: the overlay with the snapshot is gone ({self._runtime})"
+                + (f" (vmlab down {self.spec.name}, then vmlab up)" if self.keep_running else "")
+            )
+        await self._spawn(self._qemu, detach=self.background)
+        self._spawned()
         self._follow_log(log, offset)
 
     def describe(self) -> str:
         return f"{self.ssh_user}@127.0.0.1:{self.ssh_port}"
+
+    # -- leaving it running (`vmlab up`) and using it again (`vmlab test`) -----
+
+    def _spawned(self) -> None:
+        """After QEMU started: a background QEMU owns its runtime directory and
+        is recorded at once (so that `vmlab down` finds it even if this vmlab
+        is killed before the boot ends)."""
+        self.started = datetime.now(UTC)
+        if not self.background:
+            return
+        assert self._runtime is not None and self._proc is not None
+        (self._runtime / OWNER_FILE).write_text(f"{self._proc.pid}\n")
+        write_record(self.record())
+
+    def record(self) -> MachineRecord:
+        """What `vmlab status`, `ssh`, `console`, `down` and `test` need to find
+        this running machine again (`.vmlab/machines/NAME.json`)."""
+        disk, proc, runtime = self.spec.disk, self._proc, self._runtime
+        assert disk is not None and proc is not None and runtime is not None
+        assert self.ssh_port is not None and self.key_path is not None
+        return MachineRecord(
+            name=self.spec.name,
+            lab_dir=disk.lab_dir,
+            pid=proc.pid,
+            argv=tuple(self.argv),
+            started=self.started or datetime.now(UTC),
+            runtime_dir=runtime,
+            qmp_socket=runtime / "qmp.sock",
+            console_socket=runtime / "console.sock",
+            console_log=self.console_log_path or runtime / "console.log",
+            ssh_port=self.ssh_port,
+            ssh_user=self.ssh_user,
+            key_path=self.key_path,
+            memory_mib=self.spec.memory_mib,
+            cpus=self.spec.cpus,
+            snapshot=self.snapshot,
+        )
+
+    async def detach(self) -> MachineRecord | None:
+        """Close vmlab's side (SSH, the console follower) and leave QEMU running
+        (its runtime directory too). Writes the machine's record and returns it;
+        None when QEMU is gone already (then nothing is written: the old record
+        says dead, and `vmlab down` cleans up)."""
+        proc = self._proc
+        alive = proc is not None and proc.returncode is None and self._runtime is not None
+        record = self.record() if alive else None
+        try:
+            if record is not None:
+                await asyncio.to_thread(write_record, record)
+            if isinstance(self.channel, SshChannel):
+                await self.channel.close()
+            if self.console is not None:
+                self.console.close()
+            for task in self._tasks:
+                task.cancel()
+            for task in self._tasks:
+                with contextlib.suppress(BaseException):
+                    await task
+        finally:
+            if isinstance(proc, AdoptedProcess):
+                proc.close()
+            if self._in_use is not None:
+                self._in_use.release()
+            self._tasks.clear()
+            self._proc = None
+            self._runtime = None
+            self.channel = None
+            self.state = MachineState.STOPPED
+        return record
+
+    async def stop(self) -> None:
+        """Stop QEMU and remove its files, or only detach from a machine that is
+        up (`keep_running`: it is the user's). A machine that is up and crashed
+        or hung is first restored to its snapshot, so that it stays up."""
+        if not self.keep_running:
+            await super().stop()
+            return
+        try:
+            gone = self._proc is None or self._proc.returncode is not None
+            if self.snapshot is not None and (gone or self.state is MachineState.DEAD):
+                with contextlib.suppress(VmlabError):
+                    await self.restore_snapshot()
+        finally:
+            await self.detach()
+
+    @classmethod
+    async def attach(cls, spec: MachineSpec) -> ImageMachine:
+        """Use the machine `vmlab up` left running for `spec` (its record in the
+        lab's `.vmlab/machines/`): a new SSH connection on its port, the console
+        followed from the current end of its log, QMP at its socket. One user at
+        a time (this waits while another `vmlab test` has it). `stop()` only
+        detaches; after a crash the record's snapshot is restored by a new QEMU
+        that outlives vmlab too (else the machine stays dead, for `vmlab down`).
+        """
+        disk = spec.disk
+        assert disk is not None
+        name = spec.name
+        again = f"vmlab down {name}, then vmlab up {name}"
+        in_use = MachineInUse(disk.lab_dir, name)
+        await in_use.acquire()
+        try:
+            try:
+                record = await asyncio.to_thread(read_record, disk.lab_dir, name)
+            except ValueError as exc:
+                raise InfraError(f"machine {name}: {exc} ({again})") from None
+            if record is None:
+                raise InfraError(f"machine {name} is not up anymore (vmlab up {name})")
+            proc = AdoptedProcess.adopt(record.pid, record.argv)
+            if proc is None:
+                raise InfraError(
+                    f"machine {name} was started by `vmlab up`, but its QEMU "
+                    f"(pid {record.pid}) is gone ({again})"
+                )
+            vm = cls(spec, console_log=record.console_log, background=True)
+            vm.keep_running = True
+            vm._in_use = in_use
+            vm._proc, vm._runtime, vm.argv = proc, record.runtime_dir, list(record.argv)
+            vm._qemu = record.argv[0]
+            vm.ssh_port, vm.key_path = record.ssh_port, record.key_path
+            vm.snapshot, vm.started = record.snapshot, record.started
+            vm.state = MachineState.BOOTING
+            vm._death = asyncio.get_running_loop().create_future()
+            vm._tasks.append(asyncio.create_task(vm._watch_process(), name="vmlab-qemu"))
+            log = record.console_log
+            vm._follow_log(log, log.stat().st_size if log.exists() else 0)
+        except BaseException:
+            in_use.release()
+            raise
+        try:
+            await vm._connect(SSH_TIMEOUT)
+        except BaseException:
+            await vm.detach()
+            raise
+        vm.state = MachineState.RUNNING
+        return vm
+
+    async def _death_error(self) -> InfraError | GuestCrashed:
+        # QEMU wrote the console's last lines (a panic) before it exited, maybe
+        # after the follower's last poll: read them before judging.
+        with contextlib.suppress(Exception):
+            if self._proc is not None:
+                await asyncio.wait_for(self._proc.wait(), 3)
+        if self.console is not None:
+            self.console.drain_file()
+        error = await super()._death_error()
+        if isinstance(self._proc, AdoptedProcess) and type(error) is InfraError:
+            # vmlab is not its parent: its exit status is unknown
+            stderr = self._qemu_stderr()
+            return InfraError(
+                f"{self.spec.name}: QEMU (pid {self._proc.pid}, started by `vmlab up`) exited"
+                + (f": {stderr.splitlines()[-1]}" if stderr else "")
+                + f" (vmlab down {self.spec.name}, then vmlab up {self.spec.name})",
+                details=error.details,
+            )
+        return error
 
 
 async def _run_tool(*argv: str) -> None:

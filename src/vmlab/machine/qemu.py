@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO, Self, TypeVar
+from typing import Any, BinaryIO, Protocol, Self, TypeVar
 
 from vmlab.errors import (
     BootError,
@@ -64,6 +64,23 @@ OWNER_FILE = "owner.pid"
 HANG_KINDS = frozenset(
     {Kind.SOFT_LOCKUP, Kind.HARD_LOCKUP, Kind.HUNG_TASK, Kind.RCU_STALL, Kind.WORKQUEUE_LOCKUP}
 )
+
+
+class QemuProcess(Protocol):
+    """What a machine needs of its QEMU process: an asyncio child, or a QEMU that
+    another vmlab started (`vmlab up`; vmlab.machine.records.AdoptedProcess)."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    async def wait(self) -> int: ...
+
+    def send_signal(self, sig: int) -> None: ...
+
+    def kill(self) -> None: ...
 
 
 class MachineState(enum.Enum):
@@ -234,7 +251,7 @@ class QemuMachine:
         self.console: Console | None = None
         self.channel: MachineChannel | None = None
         self.boot_seconds: float | None = None
-        self._proc: asyncio.subprocess.Process | None = None
+        self._proc: QemuProcess | None = None
         self._runtime: Path | None = None
         self._servers: list[asyncio.Server] = []
         self._tasks: list[asyncio.Task[None]] = []
