@@ -3,6 +3,7 @@ and the script the SSH channel runs."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import socket
 import subprocess
@@ -11,12 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from vmlab.errors import UsageError
+from vmlab.errors import BootError, UsageError
 from vmlab.guest.channel import Command, User
 from vmlab.guest.ssh import ssh_script
 from vmlab.machine.image_machine import (
     USER_MAC,
     DiskBoot,
+    ImageMachine,
     build_image_argv,
     check_port,
     free_port,
@@ -25,7 +27,7 @@ from vmlab.machine.image_machine import (
     lab_tarball,
 )
 from vmlab.machine.kernel import BootableKernel
-from vmlab.machine.lab_keys import LabKey
+from vmlab.machine.lab_keys import LabKey, lab_key
 from vmlab.machine.spec import Accel, DiskSpec, MachineSpec
 
 
@@ -165,3 +167,26 @@ def test_ssh_script_reports_a_missing_command_and_a_missing_cwd(tmp_path: Path) 
     assert nocwd.returncode == 126 and "vmlab:nocwd" in nocwd.stderr
     user = ssh_script(Command(shell="id -u", user=User(1000, 1000)), "j")
     assert "setpriv --reuid=1000 --regid=1000 --clear-groups" in user
+
+
+async def test_ssh_that_never_answers_is_a_boot_error_naming_the_stage(tmp_path: Path) -> None:
+    """A port that accepts connections but never speaks SSH (a hung sshd)."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)  # keep it open, say nothing
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    try:
+        vm = ImageMachine(_spec(tmp_path))
+        vm._death = asyncio.get_running_loop().create_future()
+        vm.ssh_port = server.sockets[0].getsockname()[1]
+        vm.key_path = lab_key(tmp_path).private_path
+        with pytest.raises(
+            BootError, match=r"db: SSH on 127\.0\.0\.1:\d+ did not answer within 2 s"
+        ):
+            await vm._connect(2.0)
+    finally:
+        server.close()
+        for writer in held:
+            writer.close()

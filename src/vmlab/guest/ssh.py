@@ -99,6 +99,8 @@ class SshChannel:
                 ),
                 timeout,
             )
+        except TimeoutError:
+            raise InfraError(f"ssh {user}@{host}:{port}: no answer within {timeout:g} s") from None
         except (OSError, asyncssh.Error) as exc:
             raise InfraError(f"ssh {user}@{host}:{port}: {exc}") from exc
         return cls(conn, sudo=user != "root")
