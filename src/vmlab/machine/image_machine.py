@@ -294,12 +294,9 @@ class ImageMachine(QemuMachine):
                 Nic(USER_MAC),
                 *(Nic(nic.mac, f"{nic.address}/{nic.prefix}") for nic in self.spec.nics),
             ),
-            hosts={
-                name: address
-                for nic in hosts.values()
-                for name, address in nic.hosts
-                if name != self.spec.name
-            },
+            # Its own name too: a service bound to the machine's name listens on
+            # its lab address, not on 127.0.1.1.
+            hosts={name: address for nic in hosts.values() for name, address in nic.hosts},
         )
         seed = build_seed(request)
         write_seed_iso(runtime / "seed.iso", seed.files)
