@@ -15,7 +15,6 @@ from collections.abc import Iterable, Sequence
 from types import TracebackType
 
 from vmlab.config_specs import MachineConfig
-from vmlab.plan import Job, JobKind
 from vmlab.session import Session, SessionContext
 
 
@@ -29,19 +28,7 @@ class ServerMachines:
 
     def __init__(self, machines: Sequence[MachineConfig], ctx: SessionContext) -> None:
         self._sessions = [
-            Session(
-                Job(
-                    id=f"server:{machine.name}",
-                    kind=JobKind.SESSION,
-                    machine=machine,
-                    tests=(),
-                    fresh_vm_after=frozenset(),
-                    depends_on=frozenset(),
-                    estimate_s=0.0,
-                ),
-                ctx,
-            )
-            for machine in machines
+            Session.for_machine(machine, ctx, f"server:{machine.name}") for machine in machines
         ]
 
     @property

@@ -27,7 +27,7 @@ from vmlab.machine.image_machine import DiskBoot, ImageMachine, lab_tarball
 from vmlab.machine.qemu import BootImage, QemuMachine
 from vmlab.machine.records import console_log_path, record_path
 from vmlab.machine.spec import MachineSpec, Share
-from vmlab.plan import Job
+from vmlab.plan import Job, JobKind
 from vmlab.pytest_runner import run_pytest
 from vmlab.results.formats import ParsedOutput, SubOutcome, parse, test_ids
 from vmlab.results.model import CrashInfo, Outcome, TestResult, VmSpec
@@ -123,6 +123,16 @@ class Session:
         self._warnings: list[str] = []
         self._broken: VmlabError | None = None
         self.results: list[TestResult] = []
+
+    @classmethod
+    def for_machine(cls, machine: MachineConfig, ctx: SessionContext, job_id: str) -> Session:
+        """A session with no tests, only to bring `machine` up (`ensure_vm`) and
+        down (`close`): server machines, and `vmlab up`."""
+        job = Job(
+            id=job_id, kind=JobKind.SESSION, machine=machine, tests=(),
+            fresh_vm_after=frozenset(), depends_on=frozenset(), estimate_s=0.0,
+        )  # fmt: skip
+        return cls(job, ctx)
 
     @property
     def machine(self) -> MachineConfig:

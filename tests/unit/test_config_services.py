@@ -4,13 +4,11 @@ line for each kind of mistake, and services' capabilities in the plan."""
 from __future__ import annotations
 
 import re
-import textwrap
 from pathlib import Path
 
 import pytest
 
 from vmlab.config import load_lab
-from vmlab.errors import ConfigError
 from vmlab.plan import make_plan
 from vmlab.service_spec import (
     DEFAULT_READY_TIMEOUT_S,
@@ -21,7 +19,7 @@ from vmlab.service_spec import (
     needed_services,
 )
 
-REPO = Path(__file__).resolve().parents[2]
+from .test_config import REPO, error_of, write_lab
 
 SUITE = """
 [suite.s]
@@ -29,29 +27,6 @@ SUITE = """
 name = "t"
 run = "true"
 """
-
-
-def write_lab(directory: Path, text: str, files: tuple[str, ...] = ()) -> Path:
-    for name in files:
-        path = directory / name
-        if name.endswith("/"):
-            path.mkdir(parents=True, exist_ok=True)
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text("")
-    lab = directory / "vmlab.toml"
-    lab.write_text(textwrap.dedent(text).removeprefix("\n"))
-    return lab
-
-
-def error_of(directory: Path, text: str) -> str:
-    lab = write_lab(directory, text)
-    with pytest.raises(ConfigError) as caught:
-        load_lab(lab)
-    message = str(caught.value)
-    assert message.startswith(f"{lab}:"), message
-    assert "\n" not in message
-    return "vmlab.toml:" + message.removeprefix(f"{lab}:")
 
 
 def test_the_documented_example_loads(tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ from vmlab.machine.image_machine import (
     image_format,
     lab_tarball,
 )
-from vmlab.machine.kernel import BootableKernel
+from vmlab.machine.kernel import BootableKernel, Kernel, KernelFormat
 from vmlab.machine.lab_keys import LabKey, lab_key
 from vmlab.machine.spec import Accel, DiskSpec, MachineSpec
 
@@ -41,15 +41,14 @@ def _spec(tmp_path: Path, **disk: object) -> MachineSpec:
 
 def _boot(tmp_path: Path, *, kernel: bool = True) -> DiskBoot:
     key = LabKey(tmp_path / "id", "ssh-ed25519 AAAA test")
-    bootable = (
-        BootableKernel.__new__(BootableKernel) if kernel else None
-    )  # argv only reads boot_path
-    if bootable is not None:
-        object.__setattr__(bootable, "boot_path", tmp_path / "vmlinux")
+    vmlinux = tmp_path / "vmlinux"
+    bootable = BootableKernel(
+        Kernel(vmlinux, KernelFormat.ELF, "6.1.0-test", "0" * 64), vmlinux, True
+    )
     return DiskBoot(
         tmp_path / "base.qcow2",
         "qcow2",
-        bootable,
+        bootable if kernel else None,
         tmp_path / "initrd" if kernel else None,
         Accel.TCG,
         None,

@@ -217,7 +217,6 @@ def _running(lab_dir: Path, name: str) -> MachineRecord | None:
 async def _up_one(lab: Lab, machine: MachineConfig, notices: set[str]) -> MachineRecord:
     """Boot and set up one machine in the background, then leave it running."""
     from vmlab.machine.image_machine import ImageMachine  # noqa: PLC0415
-    from vmlab.plan import Job, JobKind  # noqa: PLC0415
     from vmlab.session import Session, SessionContext  # noqa: PLC0415
 
     name = machine.name
@@ -237,11 +236,7 @@ async def _up_one(lab: Lab, machine: MachineConfig, notices: set[str]) -> Machin
             image_for=lambda _machine: None, failed_capabilities={}, lab_root=lab.root,
             background=True,
         )  # fmt: skip
-        job = Job(
-            id=f"up:{name}", kind=JobKind.SESSION, machine=machine, tests=(),
-            fresh_vm_after=frozenset(), depends_on=frozenset(), estimate_s=0.0,
-        )  # fmt: skip
-        session = Session(job, ctx)
+        session = Session.for_machine(machine, ctx, f"up:{name}")
         try:
             vm = await session.ensure_vm()  # boot, lab copied in, setup, snapshot
             assert isinstance(vm, ImageMachine)

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import secrets
 import shlex
+import signal
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -226,8 +227,6 @@ class SshChannel:
 
 
 def _signal_number(name: str) -> int:
-    import signal  # noqa: PLC0415
-
     with contextlib.suppress(KeyError):
         return int(signal.Signals[f"SIG{name}"])
     return 0

@@ -45,9 +45,9 @@ from vmlab.machine.qemu import (
     OWNER_FILE,
     MachineState,
     QemuMachine,
-    _opt,
     prepare_boot,
 )
+from vmlab.machine.qemu_options import option_path
 from vmlab.machine.qmp import human
 from vmlab.machine.records import (
     AdoptedProcess,
@@ -174,14 +174,15 @@ def build_image_argv(
         "-m", f"{spec.memory_mib}M", "-smp", str(spec.cpus),
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
         "-chardev",
-        f"socket,id=con,path={_opt(runtime / 'console.sock')},server=on,wait=off,"
-        f"logfile={_opt(console_log)},logappend=on",
+        f"socket,id=con,path={option_path(runtime / 'console.sock')},server=on,wait=off,"
+        f"logfile={option_path(console_log)},logappend=on",
         "-serial", "chardev:con",
-        "-qmp", f"unix:{_opt(runtime / 'qmp.sock')},server=on,wait=off",
+        "-qmp", f"unix:{option_path(runtime / 'qmp.sock')},server=on,wait=off",
         "-drive",
-        f"file={_opt(runtime / 'disk.qcow2')},if=none,id=root,format=qcow2,cache=unsafe",
+        f"file={option_path(runtime / 'disk.qcow2')},if=none,id=root,format=qcow2,cache=unsafe",
         "-device", "virtio-blk-pci,drive=root",
-        "-drive", f"file={_opt(runtime / 'seed.iso')},if=none,id=seed,format=raw,readonly=on",
+        "-drive",
+        f"file={option_path(runtime / 'seed.iso')},if=none,id=seed,format=raw,readonly=on",
         "-device", "virtio-blk-pci,drive=seed",
         "-netdev", f"user,id=user0{restrict},hostfwd=tcp:127.0.0.1:{ssh_port}-:22",
         "-device", f"virtio-net-pci,netdev=user0,mac={USER_MAC}",
@@ -406,12 +407,7 @@ class ImageMachine(QemuMachine):
         if self._proc is not None and self._proc.returncode is None:
             self._proc.kill()
             await self._proc.wait()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(BaseException):
-                await task
-        self._tasks.clear()
+        await self._cancel_tasks()
         self._death = asyncio.get_running_loop().create_future()
         log = self.console.log_path if self.console is not None else self._runtime / "console.log"
         offset = log.stat().st_size if log.exists() else 0
@@ -481,11 +477,7 @@ class ImageMachine(QemuMachine):
                 await self.channel.close()
             if self.console is not None:
                 self.console.close()
-            for task in self._tasks:
-                task.cancel()
-            for task in self._tasks:
-                with contextlib.suppress(BaseException):
-                    await task
+            await self._cancel_tasks()
         finally:
             if isinstance(proc, AdoptedProcess):
                 proc.close()
@@ -565,13 +557,6 @@ class ImageMachine(QemuMachine):
         return vm
 
     async def _death_error(self) -> InfraError | GuestCrashed:
-        # QEMU wrote the console's last lines (a panic) before it exited, maybe
-        # after the follower's last poll: read them before judging.
-        with contextlib.suppress(Exception):
-            if self._proc is not None:
-                await asyncio.wait_for(self._proc.wait(), 3)
-        if self.console is not None:
-            self.console.drain_file()
         error = await super()._death_error()
         if isinstance(self._proc, AdoptedProcess) and type(error) is InfraError:
             # vmlab is not its parent: its exit status is unknown

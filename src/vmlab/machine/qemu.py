@@ -43,6 +43,7 @@ from vmlab.guest.serial import VirtioSerialChannel
 from vmlab.machine.initramfs import build_initramfs
 from vmlab.machine.kernel import BootableKernel, bootable, find_default_kernel, inspect_kernel
 from vmlab.machine.probes import choose_accel, qemu_binary
+from vmlab.machine.qemu_options import option_path
 from vmlab.machine.qmp import send_sysrq, set_link
 from vmlab.machine.spec import Accel, MachineSpec, Share
 from vmlab.machine.subprocess_util import kill_on_parent_death
@@ -150,11 +151,6 @@ def kernel_cmdline(spec: MachineSpec) -> str:
     return " ".join([*base, *spec.append])
 
 
-def _opt(path: Path) -> str:
-    """A path inside a QEMU option list, where `,` must be written `,,`."""
-    return str(path).replace(",", ",,")
-
-
 def build_argv(qemu: str, image: BootImage, spec: MachineSpec, runtime: Path) -> list[str]:
     """QEMU's command line for a host-root machine (pure; unit tested)."""
     accel = (
@@ -168,16 +164,16 @@ def build_argv(qemu: str, image: BootImage, spec: MachineSpec, runtime: Path) ->
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
         "-kernel", str(image.kernel.boot_path), "-initrd", str(image.initrd),
         "-append", kernel_cmdline(spec),
-        "-chardev", f"socket,id=con,path={_opt(runtime / 'con.sock')}",
+        "-chardev", f"socket,id=con,path={option_path(runtime / 'con.sock')}",
         "-serial", "chardev:con",
-        "-qmp", f"unix:{_opt(runtime / 'qmp.sock')},server=on,wait=off",
+        "-qmp", f"unix:{option_path(runtime / 'qmp.sock')},server=on,wait=off",
         "-device", "virtio-serial-pci,id=vser",
-        "-chardev", f"socket,id=in,path={_opt(runtime / 'in.sock')},server=on,wait=off",
+        "-chardev", f"socket,id=in,path={option_path(runtime / 'in.sock')},server=on,wait=off",
         "-device", "virtserialport,bus=vser.0,chardev=in,name=vmlab.in",
     ]  # fmt: skip
     for port in CLIENT_PORTS:
         argv += [
-            "-chardev", f"socket,id={port},path={_opt(runtime / (port + '.sock'))}",
+            "-chardev", f"socket,id={port},path={option_path(runtime / (port + '.sock'))}",
             "-device", f"virtserialport,bus=vser.0,chardev={port},name=vmlab.{port}",
         ]  # fmt: skip
     shares = [Share(Path("/"), Path("/"), writable=False), *spec.shares]
@@ -186,7 +182,7 @@ def build_argv(qemu: str, image: BootImage, spec: MachineSpec, runtime: Path) ->
         readonly = "" if share.writable else ",readonly=on"
         argv += [
             "-fsdev",
-            f"local,id=fs{index},path={_opt(share.host)},security_model=none,multidevs=remap{readonly}",
+            f"local,id=fs{index},path={option_path(share.host)},security_model=none,multidevs=remap{readonly}",
             "-device", f"virtio-9p-pci,fsdev=fs{index},mount_tag={tag}",
         ]  # fmt: skip
     argv += nic_argv(spec.nics, spec.name)  # private networks (vmlab.net)
@@ -441,7 +437,10 @@ class QemuMachine:
         self.state = MachineState.DEAD
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._proc.wait(), 3)
+        # The console's last lines (a panic) may still be in flight: on its
+        # socket (a follower task's turn) or in a log file QEMU wrote itself.
         await asyncio.sleep(0)
+        self.console.drain_file()
         tail = "\n".join(self.console.tail(30))
         if self.console.panic is not None:
             crashes = self.console.flush_crashes()
@@ -498,11 +497,7 @@ class QemuMachine:
                 await self.channel.close()
             if self.console is not None:
                 self.console.close()
-            for task in self._tasks:
-                task.cancel()
-            for task in self._tasks:
-                with contextlib.suppress(BaseException):
-                    await task
+            await self._cancel_tasks()
         finally:
             if proc is not None and proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -518,6 +513,15 @@ class QemuMachine:
             self.channel = None
             if self.state is not MachineState.DEAD:
                 self.state = MachineState.STOPPED
+
+    async def _cancel_tasks(self) -> None:
+        """Cancel the machine's background tasks and wait until each has ended."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        self._tasks.clear()
 
     # -- commands ------------------------------------------------------------
 

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Sequence
-from pathlib import Path
 
 from vmlab.errors import UsageError
+from vmlab.machine.qemu_options import option_path
 from vmlab.machine.spec import NicSpec
 from vmlab.net.addresses import hosts_map
 
@@ -51,11 +51,6 @@ def find_nic(nics: Sequence[NicSpec], network: str, machine: str = "") -> NicSpe
     raise UsageError(f"{who} is not on network {network!r} (its networks: {on})")
 
 
-def _opt(path: Path) -> str:
-    """A path inside a QEMU option list, where `,` must be written `,,`."""
-    return str(path).replace(",", ",,")
-
-
 def nic_argv(nics: Sequence[NicSpec], machine: str = "") -> list[str]:
     """`-netdev`/`-device` pairs for every NIC; each must be attached to a
     running switch (`switch` and `port` set)."""
@@ -70,8 +65,8 @@ def nic_argv(nics: Sequence[NicSpec], machine: str = "") -> list[str]:
         ident = netdev_id(nic.network)
         argv += [
             "-netdev",
-            f"dgram,id={ident},local.type=unix,local.path={_opt(nic.port)},"
-            f"remote.type=unix,remote.path={_opt(nic.switch)}",
+            f"dgram,id={ident},local.type=unix,local.path={option_path(nic.port)},"
+            f"remote.type=unix,remote.path={option_path(nic.switch)}",
             "-device",
             f"virtio-net-pci,netdev={ident},mac={nic.mac},romfile=",
         ]
