@@ -142,7 +142,10 @@ class Session:
         spec = self.machine.spec
         kernel = str(spec.kernel) if spec.kernel else "default"
         image = self.ctx.image_for(self.machine)
-        if image is not None:
+        disk_kernel = self._disk_boot.kernel if self._disk_boot is not None else None
+        if disk_kernel is not None:  # a disk image's own kernel (or the host's)
+            kernel = disk_kernel.kernel.release
+        elif image is not None and spec.disk is None:
             kernel = image.kernel.kernel.release
         return VmSpec(memory_mib=spec.memory_mib, cpus=spec.cpus, kernel=kernel)
 

@@ -58,6 +58,7 @@ from vmlab.machine.records import (
 )
 from vmlab.machine.seed_iso import write_seed_iso
 from vmlab.machine.spec import Accel, ImageSpec, KernelSource, MachineSpec
+from vmlab.net.addresses import hosts_map
 from vmlab.net.qemu_nic import nic_argv
 from vmlab.watch.console import Console
 
@@ -283,7 +284,6 @@ class ImageMachine(QemuMachine):
     def _write_seed(self, runtime: Path) -> Seed:
         boot, disk = self.disk_boot, self.spec.disk
         assert boot is not None and disk is not None
-        hosts = {nic.network: nic for nic in self.spec.nics}
         request = SeedRequest(
             hostname=self.spec.name,
             instance_id=f"vmlab-{self.spec.name}-{secrets.token_hex(4)}",
@@ -297,7 +297,7 @@ class ImageMachine(QemuMachine):
             ),
             # Its own name too: a service bound to the machine's name listens on
             # its lab address, not on 127.0.1.1.
-            hosts={name: address for nic in hosts.values() for name, address in nic.hosts},
+            hosts=hosts_map(self.spec.nics),
         )
         seed = build_seed(request)
         write_seed_iso(runtime / "seed.iso", seed.files)
