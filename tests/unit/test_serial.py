@@ -8,14 +8,16 @@ import asyncio
 import os
 import random
 import shutil
+import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from vmlab.errors import InfraError
 from vmlab.guest.channel import Command, User
-from vmlab.guest.serial import AGENT_DIR, SETPRIV, _Demux, job_script
+from vmlab.guest.serial import AGENT_DIR, SETPRIV, _Demux, _send, job_script
 
 PATH = "/usr/local/bin:/usr/bin:/bin"
 
@@ -272,3 +274,16 @@ async def test_fail_ends_the_wait_with_the_error() -> None:
     demux.fail(ConnectionError("gone"))
     with pytest.raises(ConnectionError, match="gone"):
         await done
+
+
+async def test_a_request_to_a_vanished_agent_is_an_infra_error() -> None:
+    # QEMU that rejects its options connects its chardevs and exits at once:
+    # the boot request then meets a reset socket, which must not escape as
+    # a raw ConnectionResetError (a traceback from the CLI).
+    ours, theirs = socket.socketpair()
+    _, writer = await asyncio.open_unix_connection(sock=ours)
+    theirs.close()
+    with pytest.raises(InfraError, match="hung up"):
+        for _ in range(50):  # the first writes may still be buffered
+            await _send(writer, b"x" * 65536)
+    writer.close()

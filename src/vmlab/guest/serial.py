@@ -202,8 +202,7 @@ class VirtioSerialChannel:
     async def boot(self, script: str) -> None:
         """Hand init its boot script, then wait until the agent says ready."""
         payload = base64.b64encode(script.encode()).decode()
-        self._ctl_w.write(f"boot {payload}\n".encode())
-        await self._ctl_w.drain()
+        await _send(self._ctl_w, f"boot {payload}\n".encode())
         await self._ready
 
     # -- commands ------------------------------------------------------------
@@ -256,8 +255,7 @@ class VirtioSerialChannel:
                 feeder = await self._start_stdin(stdin, self._started[key])
             job = base64.b64encode(job_script(command).encode()).decode()
             self._current_nonce = key
-            self._ctl_w.write(f"run {nonce} {int(stdin is not None)} {job}\n".encode())
-            await self._ctl_w.drain()
+            await _send(self._ctl_w, f"run {nonce} {int(stdin is not None)} {job}\n".encode())
             status, why = await status_future
             await asyncio.wait_for(asyncio.gather(out_done, err_done), timeout=30)
         except TimeoutError:
@@ -327,16 +325,14 @@ class VirtioSerialChannel:
     async def _sys_request(self, verb: str, arg: str, answer: str, *, timeout: float) -> None:
         waiter: asyncio.Future[None] = _future(asyncio.get_running_loop())
         self._sys_waiters[f"{answer} {arg}"] = waiter
-        self._sys_w.write(f"{verb} {arg}\n".encode())
-        await self._sys_w.drain()
+        await _send(self._sys_w, f"{verb} {arg}\n".encode())
         try:
             await asyncio.wait_for(waiter, timeout)
         finally:
             self._sys_waiters.pop(f"{answer} {arg}", None)
 
     async def poweroff(self) -> None:
-        self._ctl_w.write(b"poweroff\n")
-        await self._ctl_w.drain()
+        await _send(self._ctl_w, b"poweroff\n")
 
     async def close(self) -> None:
         self._closed = True
@@ -347,6 +343,15 @@ class VirtioSerialChannel:
                 await task
         for _, writer in ((self._ctl_r, self._ctl_w), (self._sys_r, self._sys_w), *self._streams):
             writer.close()
+
+
+async def _send(writer: asyncio.StreamWriter, data: bytes) -> None:
+    """Write a request to the agent; a reset socket means the VM went away."""
+    try:
+        writer.write(data)
+        await writer.drain()
+    except (ConnectionError, OSError) as exc:
+        raise InfraError(f"the guest agent hung up (the VM stopped or crashed): {exc}") from None
 
 
 def _unread_bytes(writer: asyncio.StreamWriter) -> int:
