@@ -64,13 +64,13 @@ FAKE_ORDER = [
     "virtio_pci_modern_dev",
     "virtio",
     "virtio_pci",
+    "virtio_console",  # first after its bus: its ports come up while the rest load
     "9pnet",
     "9pnet_virtio",
     "netfs",
     "fscache",
     "9p",
     "overlay",
-    "virtio_console",
 ]
 
 

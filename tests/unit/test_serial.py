@@ -73,7 +73,13 @@ def run_job(command: Command, tmp_path: Path) -> Ran:
     proc = subprocess.run(
         [busybox, "sh", str(job)],
         capture_output=True,
-        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "AGENT_SECRET": "x"},
+        # The agent's own environment, which must not reach the command; a
+        # value with newlines makes `export -p` print continuation lines.
+        env={
+            "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+            "AGENT_SECRET": "x",
+            "AGENT_MULTI": "a\nexport B='zzz'\nexport 'bad name'\n",
+        },
         cwd="/",
         timeout=30,
         check=False,
@@ -105,6 +111,11 @@ def test_the_environment_is_exactly_the_commands(tmp_path: Path) -> None:
     assert ran.status == 0, ran.stderr
     got = dict(item.split("=", 1) for item in ran.stdout.decode().split("\0")[:-1])
     assert got == env  # nothing of the agent's own environment leaks in
+
+
+def test_argv0_is_the_name_given_not_the_path_found(tmp_path: Path) -> None:
+    ran = run_job(Command(argv=("cat", "/proc/self/cmdline"), env={"PATH": PATH}), tmp_path)
+    assert ran.stdout == b"cat\0/proc/self/cmdline\0"
 
 
 def test_cwd_and_status(tmp_path: Path) -> None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import stat
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 from vmlab.cache import state_dir
 from vmlab.cli.runner import error_line
@@ -99,6 +101,18 @@ def machine_spec(opts: RunOptions, cwd: Path) -> MachineSpec:
     )
 
 
+def _no_input(stream: TextIO | None) -> bool:
+    """True when standard input has nothing for the command: closed, a terminal,
+    or /dev/null (then the guest's /dev/null serves, without feeding a port)."""
+    if stream is None or stream.isatty():
+        return True
+    try:
+        st = os.fstat(stream.fileno())
+    except (OSError, ValueError):
+        return True
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == os.stat(os.devnull).st_rdev
+
+
 async def run(opts: RunOptions) -> int:
     if not opts.command:
         raise UsageError("no command given (usage: vmlab run [OPTIONS] -- CMD [ARGS...])")
@@ -114,7 +128,7 @@ async def run(opts: RunOptions) -> int:
     if image.accel_notice:
         error_line(image.accel_notice)
     console_log = opts.console_log.absolute() if opts.console_log else default_console_log()
-    stdin = None if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer
+    stdin = None if _no_input(sys.stdin) else sys.stdin.buffer
     out, err = sys.stdout.buffer, sys.stderr.buffer
 
     def to_stdout(data: bytes) -> None:

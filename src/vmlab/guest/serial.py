@@ -28,42 +28,57 @@ from vmlab.guest.channel import Command, CommandResult, OutputSink, Stdin
 
 AGENT_DIR = "/run/vmlab"
 SETPRIV = "/usr/bin/setpriv"
-HOST_ENV = "/usr/bin/env"
+# Sets $found to where PATH ($2) finds command $1, as execvp would.
 _FIND_IN_PATH = (
-    'case $1 in */*) [ -f "$1" ] && [ -x "$1" ]; return;; esac; '
-    'IFS=:; for d in $PATH; do [ -f "${d:-.}/$1" ] && [ -x "${d:-.}/$1" ] && return 0; done; '
-    "return 1;"
+    'case $1 in */*) found=$1; [ -f "$1" ] && [ -x "$1" ]; return;; esac; '
+    "local IFS=:; for d in $2; do found=${d:-.}/$1; "
+    '[ -f "$found" ] && [ -x "$found" ] && return 0; done; return 1;'
 )
 T = TypeVar("T")
 
 
 def job_script(command: Command) -> str:
-    """The busybox-sh script the agent runs for `command`."""
+    """The busybox-sh script the agent runs for `command`.
+
+    Shell builtins only until the final exec: under TCG every exec of a
+    dynamically linked program costs tens of milliseconds, so the script
+    clears the agent's environment itself rather than through env(1).
+    """
     q = shlex.quote
-    lines = []
     cwd = command.cwd or "/"
-    lines.append(f"cd {q(cwd)} 2>/dev/null || {{ echo nocwd >{AGENT_DIR}/why; exit 126; }}")
-    env = [f"{q(f'{k}={v}')}" for k, v in sorted(command.env.items())]
-    # The host's env(1), by absolute path: it looks the command up in PATH like
-    # any shell would, where busybox's env would run its own applets first.
-    prefix = [HOST_ENV, "-i", *env]
+    lines = [
+        f"cd {q(cwd)} 2>/dev/null || {{ echo nocwd >{AGENT_DIR}/why; exit 126; }}",
+        # Unexport everything the agent had: `export -p` to a file, not through
+        # $(...), which would fork. A value's continuation lines unset nothing
+        # that matters: the command's own variables are set after.
+        f"export -p >{AGENT_DIR}/job.env",
+        # (A bad name would end the shell: unset is a special builtin.)
+        'while read -r word name; do [ "$word" = export ] || continue; name=${name%%=*}; '
+        'case $name in ""|[0-9]*|*[!A-Za-z0-9_]*) ;; *) unset "$name" ;; esac; '
+        f"done <{AGENT_DIR}/job.env",
+    ]
+    if command.env:
+        lines.append("export " + " ".join(q(f"{k}={v}") for k, v in sorted(command.env.items())))
+    setpriv: list[str] = []
     if command.user is not None and command.user.uid != 0:
         user = command.user
         groups = f"--groups={','.join(map(str, user.groups))}" if user.groups else "--clear-groups"
-        prefix += [SETPRIV, f"--reuid={user.uid}", f"--regid={user.gid}", groups, "--"]
+        setpriv = [SETPRIV, f"--reuid={user.uid}", f"--regid={user.gid}", groups, "--"]
     if command.shell is not None:
-        lines.append("exec " + " ".join([*prefix, "/bin/sh", "-c", q(command.shell)]))
+        lines.append("exec " + " ".join([*setpriv, "/bin/sh", "-c", q(command.shell)]))
+        return "\n".join(lines) + "\n"
+    # Found by a PATH walk, not `command -v`: busybox's shell would name its
+    # own applets (ls, cat, ...) where the host's programs are meant.
+    path = command.env.get("PATH", "/usr/bin:/bin")
+    argv0, args = command.argv[0], " ".join(map(q, command.argv[1:]))
+    lines.append(f"vmlab_find() {{ {_FIND_IN_PATH} }}")
+    lines.append(
+        f"vmlab_find {q(argv0)} {q(path)} || {{ echo notfound >{AGENT_DIR}/why; exit 127; }}"
+    )
+    if setpriv:  # setpriv looks argv[0] up in PATH itself, as env(1) would
+        lines.append("exec " + " ".join([*setpriv, q(argv0), args]).rstrip())
     else:
-        # Found by a PATH walk, not `command -v`: busybox's shell would name its
-        # own applets (ls, cat, ...) where the host's programs are meant.
-        path = command.env.get("PATH", "/usr/bin:/bin")
-        argv0 = command.argv[0]
-        lines.append(f"vmlab_find() {{ {_FIND_IN_PATH} }}")
-        lines.append(
-            f"PATH={q(path)} vmlab_find {q(argv0)} || "
-            f"{{ echo notfound >{AGENT_DIR}/why; exit 127; }}"
-        )
-        lines.append("exec " + " ".join([*prefix, *map(q, command.argv)]))
+        lines.append(f'exec -a {q(argv0)} "$found" {args}'.rstrip())
     return "\n".join(lines) + "\n"
 
 

@@ -20,13 +20,15 @@ from pathlib import Path
 from vmlab.cache import cache_dir, write_atomic
 from vmlab.errors import HostError, UsageError
 
-# What the guest init needs, by module name; dependencies come from modules.dep.
+# What the guest init needs, by module name, in load order; dependencies come
+# from modules.dep. virtio_console goes first: its ports come up through a few
+# round trips with QEMU, which then overlap with loading the rest.
 REQUIRED_MODULES: tuple[str, ...] = (
     "virtio_pci",
+    "virtio_console",
     "9pnet_virtio",
     "9p",
     "overlay",
-    "virtio_console",
 )
 # What a disk-image machine's init needs to mount its root disk, plus the NIC
 # driver so that SSH works even when the image has no modules for the booted
@@ -232,7 +234,10 @@ def build_initramfs(
         return target
 
     cpio = CpioWriter()
-    for directory in ("bin", "dev", "proc", "sys", "lib", "lib/modules"):
+    directories = ["bin", "dev", "proc", "sys", "lib", "lib/modules"]
+    if agent:  # the host-root init's mount points
+        directories += ["lower", "rw", "newroot"]
+    for directory in directories:
         cpio.directory(directory)
     cpio.char_device("dev/console", 5, 1)
     cpio.file("bin/busybox", busybox.read_bytes(), 0o755)

@@ -228,6 +228,11 @@ async def prepare_boot(spec: MachineSpec) -> BootImage:
     return BootImage(boot, modules_root, initrd, choice.accel, choice.notice)
 
 
+def _outcome_seen(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 class QemuMachine:
     """A host-root VM. Use as `async with`; `run()` commands while it is up."""
 
@@ -414,6 +419,9 @@ class QemuMachine:
             )
         except BaseException:
             task.cancel()
+            # Nobody awaits it now: mark its outcome seen, or asyncio logs
+            # "exception was never retrieved" on our one-line exit.
+            task.add_done_callback(_outcome_seen)
             raise
         if task in done:
             if isinstance(task.exception(), InfraError) and not self._death.done():
