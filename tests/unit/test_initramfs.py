@@ -320,9 +320,14 @@ def test_build_initramfs_with_the_real_modules() -> None:
     release = inspect_kernel(find_default_kernel()).release
     path = build_initramfs(Path("/lib/modules") / release)
     entries = {e.name: e for e in read_newc(path.read_bytes())}
-    modules = [n for n in entries if n.startswith("lib/modules/")]
+    modules = [n for n in entries if n.startswith("lib/modules/") and n.endswith(".ko")]
     assert modules
     for name in modules:
         assert entries[name].data.startswith(b"\x7fELF")
-    for name in ("init", "agent.sh", "bin/busybox", "modules.order"):
+    # modprobe's index: every module, in load order, no dependencies (init
+    # loads them in that order).
+    order = entries["modules.order"].data.decode().split()
+    assert entries["lib/modules/modules.dep"].data.decode().split() == [f"{n}:" for n in order]
+    assert sorted(order) == sorted(n.removeprefix("lib/modules/") for n in modules)
+    for name in ("init", "agent.sh", "bin/busybox", "lower", "rw", "newroot"):
         assert name in entries

@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO, Protocol, Self, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, Self, TypeVar
 
 from vmlab.errors import (
     BootError,
@@ -48,8 +48,9 @@ from vmlab.machine.qmp import send_sysrq, set_link
 from vmlab.machine.spec import Accel, MachineSpec, Share
 from vmlab.machine.subprocess_util import kill_on_parent_death
 from vmlab.net.qemu_nic import boot_lines, find_nic, netdev_id, nic_argv, nic_modules
-from vmlab.watch.console import Console
-from vmlab.watch.crash_patterns import Kind
+
+if TYPE_CHECKING:
+    from vmlab.watch.console import Console
 
 T = TypeVar("T")
 
@@ -62,9 +63,6 @@ HEARTBEAT_INTERVAL = 5.0
 DEATH_GRACE = 5.0  # how long a lost agent may wait for the VM's death to show
 HEARTBEAT_TIMEOUT = 20.0  # generous: a busy TCG host can be slow to schedule the agent
 OWNER_FILE = "owner.pid"
-HANG_KINDS = frozenset(
-    {Kind.SOFT_LOCKUP, Kind.HARD_LOCKUP, Kind.HUNG_TASK, Kind.RCU_STALL, Kind.WORKQUEUE_LOCKUP}
-)
 
 
 class QemuProcess(Protocol):
@@ -339,9 +337,6 @@ class QemuMachine:
         started = time.monotonic()
         self._new_runtime()
         assert self._runtime is not None and self._death is not None
-        self.console = Console(
-            self.console_log_path or self._runtime / "console.log", echo=self._console_echo
-        )
         connections: dict[
             str, asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]]
         ] = {}
@@ -354,6 +349,13 @@ class QemuMachine:
             )
         self.argv = build_argv(qemu, self.image, self.spec, self._runtime)
         await self._spawn(qemu)
+        # Imported only now: the crash patterns take ~25 ms to compile, which
+        # QEMU's own start-up (~0.3 s before the kernel prints) hides.
+        from vmlab.watch.console import Console  # noqa: PLC0415
+
+        self.console = Console(
+            self.console_log_path or self._runtime / "console.log", echo=self._console_echo
+        )
 
         try:
             streams = await self._guard(asyncio.gather(*connections.values()), timeout=30)
@@ -606,7 +608,7 @@ class QemuMachine:
         await self.console.settle(quiet=0.5, limit=5)
         crashes = self.console.flush_crashes()[crashes_before:]
         await self.dump_tasks("wlt", agent_first=False)
-        hang = next((c for c in crashes if c.kind in HANG_KINDS), None)
+        hang = next((c for c in crashes if c.is_hang), None)
         title = hang.title if hang is not None else reason
         self.state = MachineState.DEAD  # never trusted again
         return GuestHung(

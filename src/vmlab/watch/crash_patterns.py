@@ -55,6 +55,12 @@ class FrameSource(enum.Enum):
     TRACE = "trace"  # the first stack trace of the report (``Call Trace:``, ``backtrace:``)
 
 
+# The kinds that mean the kernel stopped making progress rather than crashed.
+HANG_KINDS = frozenset(
+    {Kind.SOFT_LOCKUP, Kind.HARD_LOCKUP, Kind.HUNG_TASK, Kind.RCU_STALL, Kind.WORKQUEUE_LOCKUP}
+)
+
+
 def _re(pattern: str) -> re.Pattern[str]:
     return re.compile(pattern)
 

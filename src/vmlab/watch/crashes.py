@@ -80,7 +80,7 @@ from vmlab.watch.crash_frames import (
     parse_frame,
     parse_rip,
 )
-from vmlab.watch.crash_patterns import PATTERNS, CrashPattern, FrameSource, Kind
+from vmlab.watch.crash_patterns import HANG_KINDS, PATTERNS, CrashPattern, FrameSource, Kind
 
 __all__ = [
     "PATTERNS",
@@ -169,6 +169,11 @@ class Crash:
     report: str  # the report's lines, log prefixes removed
     start_line: int  # 1-based, inclusive
     end_line: int  # 1-based, inclusive
+
+    @property
+    def is_hang(self) -> bool:
+        """A lockup, stall or hung task: the kernel stopped making progress."""
+        return self.kind in HANG_KINDS
 
     def to_json(self) -> dict[str, object]:
         """A JSON-safe dict (keys: the field names)."""
