@@ -45,12 +45,33 @@ def lab_interface() -> str:
     raise SystemExit("no interface on the lab network 10.77.7.0/24")
 
 
-def drop_link() -> str:
-    interface = lab_interface()
-    subprocess.run(["ip", "link", "set", interface, "down"], check=True)
-    time.sleep(LINK_DOWN_S)
-    subprocess.run(["ip", "link", "set", interface, "up"], check=True)
-    return f"{interface} was down for {LINK_DOWN_S:g} s"
+class LinkDrop:
+    """The link fault, as a helper process started *before* the writer opens its
+    file: a process that forks while it holds a file open for writing on NFS
+    hangs, because the child's exec closes that descriptor, and closing an NFS
+    file flushes its dirty pages to the server, which is out of reach while the
+    link is down. So `ip link set up` would never run."""
+
+    def __init__(self) -> None:
+        self.interface = lab_interface()
+        script = 'read go; ip link set "$1" down; sleep "$2"; ip link set "$1" up'
+        self.helper = subprocess.Popen(
+            ["sh", "-c", script, "link-drop", self.interface, str(LINK_DOWN_S)],
+            stdin=subprocess.PIPE,
+        )
+
+    def __call__(self) -> str:
+        assert self.helper.stdin is not None
+        self.helper.stdin.write(b"go\n")
+        self.helper.stdin.close()
+        if self.helper.wait(timeout=LINK_DOWN_S + 60) != 0:
+            raise RuntimeError(f"ip link set {self.interface} down/up failed")
+        return f"{self.interface} was down for {LINK_DOWN_S:g} s"
+
+    def cancel(self) -> None:
+        if self.helper.poll() is None:
+            self.helper.kill()
+            self.helper.wait()
 
 
 def main() -> int:
@@ -70,6 +91,7 @@ def main() -> int:
         except OSError as exc:
             errors.append(repr(exc))
 
+    link_drop = LinkDrop() if fault == "link" else None
     print("TAP version 13")
     print("1..3")
     thread = threading.Thread(target=writer)
@@ -79,13 +101,16 @@ def main() -> int:
         time.sleep(0.05)
     faulted = False
     try:
-        what = restart_server() if fault == "restart" else drop_link()
+        what = link_drop() if link_drop is not None else restart_server()
         print("ok 1 - fault")
         print(f"# {what}, at MiB {progress['written']} of {CHUNKS}")
         faulted = True
     except Exception as exc:  # the fault itself could not be made: say so
         print("not ok 1 - fault")
         print(f"# the fault could not be made: {exc!r}")
+    finally:
+        if link_drop is not None:
+            link_drop.cancel()
     thread.join(600)
     elapsed = time.monotonic() - started
     if thread.is_alive() or errors:
