@@ -61,7 +61,12 @@ OWNER_FILE = "owner.pid"  # as in vmlab.machine.qemu: the stale-directory sweep 
 DIR_PREFIX = "vmlab-net-"
 FRAME_MAX = 65536  # QEMU's dgram netdev sends at most this much per frame
 ETH_HEADER = 14
-QUEUE_FRAMES = 256  # frames that may wait for room at one port before drops
+# Frames that may wait for room at one port before drops. Enough for a whole
+# TCP window of a default Linux receiver (tcp_rmem's 6 MiB, about half of it
+# advertised: ~2200 full frames), so a single flow into a slow guest never
+# loses a frame here; with 256, a 4 MiB transfer between two TCG guests lost
+# ~50-70 now and then (TCP recovered). At most ~6 MB queued per port.
+QUEUE_FRAMES = 4096
 BATCH = 64  # frames read per wake-up, so that one busy sender cannot starve the loop
 SPAWN_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
