@@ -139,6 +139,9 @@ def test_ctrl_c_saves_an_interrupted_run(tmp_path: Path) -> None:
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == (
+        "vmlab: interrupted; the VMs were stopped and the run was saved as interrupted"
+    )
     assert not vmlab_qemus()
     with Store.open(f"sqlite:///{tmp_path / 'r.db'}") as store:
         run = store.get_run("latest")

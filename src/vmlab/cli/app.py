@@ -147,7 +147,13 @@ def test_(
         lab=lab, level=level, suites=tuple(suite or ()), keyword=keyword, jobs=jobs, db=db,
         out=out, allow_dangerous=allow_dangerous,
     )  # fmt: skip
-    sys.exit(run_async(test_cmd.run_tests(opts), verbose=verbose))
+    sys.exit(
+        run_async(
+            test_cmd.run_tests(opts),
+            verbose=verbose,
+            on_signal="the VMs were stopped and the run was saved as interrupted",
+        )
+    )
 
 
 @app.command("runs")

@@ -46,7 +46,13 @@ def build_command(
     Needs root (mmdebstrap's root mode) and the Debian mirror; a cold build
     takes about a minute or two.
     """
-    sys.exit(run_async(build(lab, tuple(names or ())), verbose=verbose))
+    sys.exit(
+        run_async(
+            build(lab, tuple(names or ())),
+            verbose=verbose,
+            on_signal="the unfinished build was removed",
+        )
+    )
 
 
 @image_app.command("list")
