@@ -29,9 +29,14 @@ for arg in $($BB cat /proc/cmdline); do
 	esac
 done
 
+# All modules in one modprobe, as in init.sh (see there).
+read -r release </proc/sys/kernel/osrelease
+$BB ln -s . "/lib/modules/$release"
+modules=
 while read -r module; do
-	$BB insmod "/lib/modules/$module" || fail "insmod $module failed"
+	modules="$modules ${module%.ko}"
 done </modules.order
+$BB modprobe -a $modules || fail "cannot load the modules:$modules"
 
 case $root in
 LABEL=* | UUID=*) ;;

@@ -61,7 +61,7 @@ from vmlab.errors import HostError, InfraError, UsageError, VmlabError
 from vmlab.machine.initramfs import ModuleIndex
 from vmlab.machine.kernel import find_default_kernel
 from vmlab.machine.spec import IMAGE_DISTROS, ImageSpec
-from vmlab.machine.subprocess_util import kill_on_parent_death
+from vmlab.machine.subprocess_util import kill_on_parent_death, pid_exists
 from vmlab.units import format_mib
 
 # Bump when the recipe changes in a way that makes old images wrong: every
@@ -812,21 +812,11 @@ async def _build_lock(key: str, say: Progress) -> AsyncIterator[None]:
         os.close(fd)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _sweep_stale_builds() -> None:
     """Remove build and removal directories whose vmlab is gone (SIGKILL)."""
     for entry in images_dir().iterdir():
         match = re.fullmatch(r"\.(?:build|rm)-[0-9a-f]+-(\d+)-[0-9a-f]+", entry.name)
-        if match and not _pid_alive(int(match.group(1))):
+        if match and not pid_exists(int(match.group(1))):
             _remove_tree(entry)
 
 

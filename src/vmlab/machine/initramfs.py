@@ -251,7 +251,7 @@ def build_initramfs(
         cpio.file(f"lib/modules/{filename}", _module_bytes(modules_root / index.paths[name]))
         names.append(filename)
     cpio.file("modules.order", "".join(f"{n}\n" for n in names).encode())
-    # For the host-root init's one `modprobe -a` (listed in load order, so no
+    # For both inits' one `modprobe -a` (listed in load order, so no
     # dependencies are needed here).
     cpio.file("lib/modules/modules.dep", "".join(f"{n}:\n" for n in names).encode())
     write_atomic(target, cpio.finish())

@@ -46,7 +46,7 @@ from vmlab.machine.probes import choose_accel, qemu_binary
 from vmlab.machine.qemu_options import option_path
 from vmlab.machine.qmp import send_sysrq, set_link
 from vmlab.machine.spec import Accel, MachineSpec, Share
-from vmlab.machine.subprocess_util import kill_on_parent_death
+from vmlab.machine.subprocess_util import kill_on_parent_death, pid_exists
 from vmlab.net.qemu_nic import boot_lines, find_nic, netdev_id, nic_argv, nic_modules
 
 if TYPE_CHECKING:
@@ -124,12 +124,8 @@ def sweep_stale_runtime_dirs() -> None:
             pid = int((directory / OWNER_FILE).read_text())
         except (OSError, ValueError):
             continue  # not ours, or being created right now
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not pid_exists(pid):
             shutil.rmtree(directory, ignore_errors=True)
-        except PermissionError:
-            pass  # alive, another user's
 
 
 def kernel_cmdline(spec: MachineSpec) -> str:
