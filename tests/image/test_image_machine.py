@@ -9,6 +9,7 @@ SSH on a forwarded loopback port.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -83,6 +84,32 @@ async def test_output_status_stdin_and_errors_travel_over_ssh(vm: ImageMachine) 
     assert env.stdout == b"x y\n"
     with pytest.raises(CommandNotFound):
         await vm.run(Command(argv=("no-such-program-here",)))
+
+
+PROBE = """
+import socket, sys
+try:
+    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5).close()
+    print("connected")
+except OSError as exc:
+    print(type(exc).__name__)
+"""
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_user_networking_has_no_way_out_without_internet(vm: ImageMachine) -> None:
+    # A listener on the host's loopback: user networking's gateway (10.0.2.2)
+    # leads there unless the network is restricted, as it is without `internet`.
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.setblocking(False)
+        port = listener.getsockname()[1]
+        probe = Command(argv=("python3", "-c", PROBE, "10.0.2.2", str(port)))
+        result = await vm.run(probe, timeout=60)
+        assert result.status == 0, result.stderr
+        verdict = result.stdout.decode().strip()
+        assert verdict in {"TimeoutError", "ConnectionRefusedError", "OSError"}, verdict
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # nothing arrived from the guest
 
 
 @pytest.mark.asyncio(loop_scope="module")

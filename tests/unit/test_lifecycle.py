@@ -88,7 +88,8 @@ def make_record(
 
 
 def test_a_record_survives_its_file(lab: Path) -> None:
-    record = make_record(lab, "web", 1234, ("qemu-system-x86_64", "-name", "vmlab-web"))
+    argv = ("qemu-system-x86_64", "-name", "vmlab-web")
+    record = make_record(lab, "web", 1234, argv, networks=("lan", "san"))
     path = write_record(record)
     assert path == lab / ".vmlab" / "machines" / "web.json"
     assert read_record(lab, "web") == record
@@ -182,7 +183,7 @@ def _dead_machine(lab: Path, name: str) -> MachineRecord:
     return record
 
 
-def test_clean_removes_dead_machines_and_never_touches_a_running_one(
+async def test_clean_removes_dead_machines_and_never_touches_a_running_one(
     lab: Path, sleeper: subprocess.Popen[bytes], capsys: pytest.CaptureFixture[str]
 ) -> None:
     dead = _dead_machine(lab, "db")
@@ -191,7 +192,7 @@ def test_clean_removes_dead_machines_and_never_touches_a_running_one(
     running = make_record(lab, "web", sleeper.pid, ("sleep", "300"), runtime_dir=runtime)
     write_record(running)
     running.console_log.write_text("alive\n")
-    assert lifecycle_cmd.clean(lab) == 0
+    assert await lifecycle_cmd.clean(lab) == 0
     out = capsys.readouterr().out
     assert "db: removed runtime dir" in out and "state file" in out and "console log" in out
     assert "web" not in out
@@ -199,15 +200,15 @@ def test_clean_removes_dead_machines_and_never_touches_a_running_one(
     assert read_record(lab, "db") is None
     assert read_record(lab, "web") == running and runtime.is_dir()
     assert sleeper.poll() is None
-    assert lifecycle_cmd.clean(lab) == 0
+    assert await lifecycle_cmd.clean(lab) == 0
     assert "nothing to clean" in capsys.readouterr().out
 
 
-def test_clean_never_removes_a_directory_that_is_not_a_runtime_dir(lab: Path) -> None:
+async def test_clean_never_removes_a_directory_that_is_not_a_runtime_dir(lab: Path) -> None:
     precious = lab.parent / "precious"
     precious.mkdir()
     write_record(make_record(lab, "db", 999_999_999, ("qemu",), runtime_dir=precious))
-    lifecycle_cmd.clean(lab)
+    await lifecycle_cmd.clean(lab)
     assert precious.is_dir()
     assert read_record(lab, "db") is None
 

@@ -21,7 +21,8 @@ from vmlab.errors import UsageError
 from vmlab.guest.channel import Command, CommandResult
 from vmlab.machine.qemu import QemuMachine
 from vmlab.machine.spec import MachineSpec
-from vmlab.net.networks import LabNetworks, attach, spawn_detached
+from vmlab.net.lab_switches import ensure_switches, list_switches, stop_unused
+from vmlab.net.networks import LabNetworks, attach
 
 from .vmtools import VmEnv, runtime_dirs, tagged_processes
 
@@ -223,8 +224,9 @@ async def test_two_labs_do_not_see_each_others_traffic(tmp_path: Path, vm_env: V
         """,
     )
     # Lab one's switch runs in this event loop; lab two's as a detached process,
-    # as for machines that outlive vmlab.
-    detached = await spawn_detached(two.networks.values())
+    # as for machines that outlive vmlab (`vmlab up`), recorded in its lab directory.
+    detached, started = await ensure_switches(two.root, list(two.networks.values()))
+    assert started == ["lan"]
     try:
         async with LabNetworks(one.networks.values()) as nets:
             x_spec = nets.attach(one.machines["x"].spec)
@@ -242,6 +244,6 @@ async def test_two_labs_do_not_see_each_others_traffic(tmp_path: Path, vm_env: V
             assert two_stats["y"].rx_frames > 0
             assert two_stats["y"].tx_frames == 0  # nobody else on lab two's network
     finally:
-        for process in detached.values():
-            await process.stop()
+        assert await stop_unused(two.root, in_use=()) == ["network lan: switch stopped"]
+    assert list_switches(two.root) == []
     assert [p for p in tagged_processes(vm_env.tag) if "vmlab.net.switch" in " ".join(p.argv)] == []

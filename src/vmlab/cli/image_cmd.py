@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.status import Status
 
+    from vmlab.config_specs import MachineConfig
     from vmlab.machine.image_build import BuiltImage
 
 image_app = typer.Typer(
@@ -95,6 +97,26 @@ async def build(lab_path: Path, names: tuple[str, ...]) -> int:
         done = "up to date" if status.cached else f"built in {image.build_seconds:.0f}s"
         console.print(f"{name}: {done}: {_describe(image)}", soft_wrap=True)
     return 0
+
+
+async def build_machine_images(machines: Iterable[MachineConfig], *, stderr: bool) -> None:
+    """Build (or find in the cache) the images of these disk-image machines,
+    with progress (on stderr when stdout carries the command's own output),
+    before any of them boots."""
+    from rich.console import Console  # noqa: PLC0415
+
+    from vmlab.machine.image_build import build_image  # noqa: PLC0415
+    from vmlab.machine.spec import ImageSpec  # noqa: PLC0415
+
+    specs = {
+        m.spec.disk.image.name: m.spec.disk.image
+        for m in machines
+        if m.spec.disk is not None and isinstance(m.spec.disk.image, ImageSpec)
+    }
+    console = Console(stderr=stderr, highlight=False)
+    for name, spec in specs.items():
+        async with BuildStatus(console, f"image {name}") as status:
+            await build_image(spec, progress=status.update)
 
 
 class BuildStatus:

@@ -32,7 +32,8 @@ def add_lifecycle_commands(app: typer.Typer) -> None:
 
         Each is set up as for `vmlab test` (the lab copied in, modules_load,
         setup) and snapshotted; `vmlab test` then uses it instead of booting
-        its own. `vmlab down` stops it.
+        its own. The switches of their private networks stay up with them.
+        `vmlab down` stops them.
         """
         from vmlab.cli import lifecycle_cmd  # noqa: PLC0415
 
@@ -101,10 +102,10 @@ def add_lifecycle_commands(app: typer.Typer) -> None:
 
     @app.command("clean")
     def clean(lab: LabOption = DEFAULT_LAB) -> None:
-        """Remove the files of machines that are not running (never a running one)."""
+        """Remove what machines that are not running left (never a running one's)."""
         from vmlab.cli import lifecycle_cmd  # noqa: PLC0415
 
-        sys.exit(run_sync(lambda: lifecycle_cmd.clean(lab)))
+        sys.exit(run_async(lifecycle_cmd.clean(lab), on_signal=""))
 
     @app.command("inventory")
     def inventory(lab: LabOption = DEFAULT_LAB) -> None:

@@ -20,10 +20,11 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from vmlab.cli.image_cmd import build_machine_images
 from vmlab.cli.runner import error_line
 from vmlab.config_specs import LAB_FILE, Lab, MachineConfig
 from vmlab.errors import ExitCode, HostError, InfraError, UsageError, VmlabError
@@ -44,6 +45,9 @@ from vmlab.machine.records import (
     terminate,
     uptime,
 )
+from vmlab.net.lab_switches import ensure_switches, list_switches, stop_unused
+from vmlab.net.networks import attach
+from vmlab.net.switch import SwitchProcess
 
 CONSOLE_TAIL_LINES = 50
 DETACH_KEY = b"\x1d"  # Ctrl-], as in telnet
@@ -143,11 +147,6 @@ def _disk_machines(lab: Lab, names: Sequence[str]) -> list[MachineConfig]:
                 f"machine {machine.name} boots the host's root, which has no background "
                 "mode (vmlab up starts disk-image machines: `image = ...`)"
             )
-        if machine.spec.nics:
-            raise UsageError(
-                f"machine {machine.name} joins private networks, which vmlab up cannot "
-                "keep running yet (vmlab test runs them)"
-            )
     return chosen
 
 
@@ -169,12 +168,18 @@ async def up(lab_path: Path, names: Sequence[str]) -> int:
         todo.append(machine)
     if not todo:
         return 0
-    await _build_images(todo)
+    await build_machine_images(todo, stderr=False)
     machines_dir(lab.root).mkdir(parents=True, exist_ok=True)
-    notices: set[str] = set()
-    outcomes = await asyncio.gather(
-        *(_up_one(lab, machine, notices) for machine in todo), return_exceptions=True
-    )
+    try:
+        switches = await _start_switches(lab, todo)
+        notices: set[str] = set()
+        outcomes = await asyncio.gather(
+            *(_up_one(lab, machine, notices, switches) for machine in todo),
+            return_exceptions=True,
+        )
+    finally:  # a network none of whose machines came up is not left running
+        for line in await stop_unused(lab.root, networks_in_use(lab.root)):
+            say(line)
     status = 0
     for machine, outcome in zip(todo, outcomes, strict=True):
         if isinstance(outcome, VmlabError):
@@ -188,25 +193,6 @@ async def up(lab_path: Path, names: Sequence[str]) -> int:
     return status
 
 
-async def _build_images(machines: Iterable[MachineConfig]) -> None:
-    """Build (or find in the cache) the machines' images, with progress."""
-    from rich.console import Console  # noqa: PLC0415
-
-    from vmlab.cli.image_cmd import BuildStatus  # noqa: PLC0415
-    from vmlab.machine.image_build import build_image  # noqa: PLC0415
-    from vmlab.machine.spec import ImageSpec  # noqa: PLC0415
-
-    specs = {
-        m.spec.disk.image.name: m.spec.disk.image
-        for m in machines
-        if m.spec.disk is not None and isinstance(m.spec.disk.image, ImageSpec)
-    }
-    console = Console(highlight=False)
-    for name, spec in specs.items():
-        async with BuildStatus(console, f"image {name}") as progress:
-            await build_image(spec, progress=progress.update)
-
-
 def _running(lab_dir: Path, name: str) -> MachineRecord | None:
     entry = next((e for e in list_records(lab_dir) if e.name == name), None)
     if entry is not None and status_of(entry) is MachineStatus.RUNNING:
@@ -214,7 +200,31 @@ def _running(lab_dir: Path, name: str) -> MachineRecord | None:
     return None
 
 
-async def _up_one(lab: Lab, machine: MachineConfig, notices: set[str]) -> MachineRecord:
+async def _start_switches(lab: Lab, machines: Sequence[MachineConfig]) -> dict[str, SwitchProcess]:
+    """The detached switches of the networks these machines are on: those that
+    run already (other machines of the lab are up on them), or new ones."""
+    names = sorted({nic.network for machine in machines for nic in machine.spec.nics})
+    if not names:
+        return {}
+    switches, started = await ensure_switches(lab.root, [lab.networks[n] for n in names])
+    for name in started:
+        say(f"network {name}: switch started ({lab.networks[name].subnet})")
+    return switches
+
+
+def networks_in_use(lab_dir: Path) -> set[str]:
+    """The networks of the lab's running machines (their switches must stay)."""
+    return {
+        network
+        for entry in list_records(lab_dir)
+        if entry.record is not None and status_of(entry) is MachineStatus.RUNNING
+        for network in entry.record.networks
+    }
+
+
+async def _up_one(
+    lab: Lab, machine: MachineConfig, notices: set[str], switches: Mapping[str, SwitchProcess]
+) -> MachineRecord:
     """Boot and set up one machine in the background, then leave it running."""
     from vmlab.machine.image_machine import ImageMachine  # noqa: PLC0415
     from vmlab.session import Session, SessionContext  # noqa: PLC0415
@@ -234,7 +244,7 @@ async def _up_one(lab: Lab, machine: MachineConfig, notices: set[str]) -> Machin
         ctx = SessionContext(
             run_dir=machines_dir(lab.root), emit=lambda _event: None,
             image_for=lambda _machine: None, failed_capabilities={}, lab_root=lab.root,
-            background=True,
+            background=True, attach=lambda spec: attach(spec, switches),
         )  # fmt: skip
         session = Session.for_machine(machine, ctx, f"up:{name}")
         try:
@@ -288,6 +298,7 @@ class Row:
             "rss_mib": round(rss) if rss is not None else None,
             "memory_mib": record.memory_mib if record else None,
             "snapshot": record.snapshot if record else None,
+            "networks": list(record.networks) if record else [],
             "console_log": str(record.console_log) if record else None,
             "runtime_dir": str(record.runtime_dir) if record else None,
             "problem": self.problem or None,
@@ -332,8 +343,11 @@ def status(lab_path: Path, *, as_json: bool) -> int:
     if as_json:
         print(json.dumps([row.as_json() for row in rows], indent=2))
         return 0
+    switches = network_lines(lab_dir)
     if not rows:
         print("no machine is up (vmlab up starts the lab's disk-image machines)")
+        for line in switches:
+            print(line)
         return 0
     if sys.stdout.isatty():
         from rich.console import Console  # noqa: PLC0415
@@ -348,10 +362,24 @@ def status(lab_path: Path, *, as_json: bool) -> int:
         Console().print(table)
     else:
         print(render_plain(rows))
+    for line in switches:
+        print(line)
     hints = [row.machine for row in rows if row.state is not MachineStatus.RUNNING]
     if hints:
         print(f"not running: {', '.join(hints)} (vmlab down NAME, or vmlab clean)")
     return 0
+
+
+def network_lines(lab_dir: Path) -> list[str]:
+    """A line per recorded network switch: running, for which machines, or gone."""
+    lines = []
+    for entry in list_switches(lab_dir):
+        if entry.switch is None:
+            lines.append(f"network {entry.network}: {entry.problem} (vmlab down, or vmlab clean)")
+            continue
+        ports = ", ".join(entry.switch.ports)
+        lines.append(f"network {entry.network}: switch running (pid {entry.switch.pid}; {ports})")
+    return lines
 
 
 def host_of(record: MachineRecord) -> InventoryHost:
@@ -417,8 +445,9 @@ async def down(lab_path: Path, names: Sequence[str]) -> int:
     entries = select_entries(lab_dir, names)
     if not entries:
         say("no machine is up")
-        return 0
     await asyncio.gather(*(_down_one(lab_dir, entry) for entry in entries))
+    for line in await stop_unused(lab_dir, networks_in_use(lab_dir)):
+        say(line)
     return 0
 
 
@@ -440,8 +469,18 @@ async def _down_one(lab_dir: Path, entry: Entry) -> None:
     say(f"{entry.name}: was not running (QEMU gone); removed {what}{log}")
 
 
-def clean(lab_path: Path) -> int:
+async def clean(lab_path: Path) -> int:
     lab_dir = lab_dir_of(lab_path)
+    said = await asyncio.to_thread(_clean_machines, lab_dir)
+    for line in await stop_unused(lab_dir, networks_in_use(lab_dir)):
+        say(line)
+        said = True
+    if not said:
+        say("nothing to clean")
+    return 0
+
+
+def _clean_machines(lab_dir: Path) -> bool:
     said = False
     recorded = set()
     for entry in list_records(lab_dir):
@@ -462,9 +501,7 @@ def clean(lab_path: Path) -> int:
     for lock in sorted(directory.glob("*.lock")):
         if lock.stem not in recorded:
             _remove_lock(lock)
-    if not said:
-        say("nothing to clean")
-    return 0
+    return said
 
 
 # -- ssh, console ----------------------------------------------------------------

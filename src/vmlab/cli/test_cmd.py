@@ -15,21 +15,21 @@ import platform
 import socket
 import subprocess
 import sys
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from vmlab import __version__
+from vmlab.cli.image_cmd import build_machine_images
 from vmlab.cli.live import LiveView, Progress
 from vmlab.cli.runner import error_line
 from vmlab.config import load_lab
-from vmlab.config_specs import Lab, MachineConfig
+from vmlab.config_specs import Lab
 from vmlab.errors import ExitCode, UsageError
 from vmlab.executors.local import execute
 from vmlab.machine.probes import qemu_version
 from vmlab.machine.qemu import BootImage, prepare_boot
-from vmlab.machine.spec import ImageSpec
+from vmlab.net.lab_switches import running_switches
 from vmlab.net.networks import LabNetworks
 from vmlab.plan import Plan, make_plan
 from vmlab.results.jsonout import write_results_json
@@ -136,7 +136,7 @@ async def _run(lab: Lab, opts: TestOptions, store: Store) -> int:
 
     required = {capability for test in plan.tests for capability in test.requires}
     servers = needed_servers(lab.machines.values(), required)
-    await _build_images([*(job.machine for job in plan.jobs), *servers])
+    await build_machine_images([*(job.machine for job in plan.jobs), *servers], stderr=True)
     images: dict[str, BootImage] = {}
     for job in plan.jobs:
         if job.machine.name not in images:
@@ -185,7 +185,9 @@ async def _run(lab: Lab, opts: TestOptions, store: Store) -> int:
 
         for result in skipped:
             view.on_event(TestFinished("plan", result))
-        networks = LabNetworks(lab.networks.values())
+        # Networks whose switch `vmlab up` left running (its machines are on it):
+        # the machines this run boots join that switch, and it stays up.
+        networks = LabNetworks(lab.networks.values(), running_switches(lab.root))
         ctx = SessionContext(
             run_dir=out_dir, emit=on_event, image_for=lambda m: images.get(m.name),
             failed_capabilities={}, lab_root=lab.root, attach=networks.attach,
@@ -201,25 +203,6 @@ async def _run(lab: Lab, opts: TestOptions, store: Store) -> int:
             await asyncio.to_thread(_finish, store, run_id, status, out_dir)
     print(f"results: {out_dir} (junit.xml, results.json); run id {run_id}")
     return exit_status(results)
-
-
-async def _build_images(machines: Iterable[MachineConfig]) -> None:
-    """Build (or find in the cache) the images of the disk-image machines the run
-    boots, with progress, before anything else starts."""
-    from rich.console import Console  # noqa: PLC0415
-
-    from vmlab.cli.image_cmd import BuildStatus  # noqa: PLC0415
-    from vmlab.machine.image_build import build_image  # noqa: PLC0415
-
-    specs = {
-        m.spec.disk.image.name: m.spec.disk.image
-        for m in machines
-        if m.spec.disk is not None and isinstance(m.spec.disk.image, ImageSpec)
-    }
-    console = Console(stderr=True, highlight=False)
-    for name, spec in specs.items():
-        async with BuildStatus(console, f"image {name}") as status:
-            await build_image(spec, progress=status.update)
 
 
 def _finish(store: Store, run_id: str, status: RunStatus, out_dir: Path) -> None:

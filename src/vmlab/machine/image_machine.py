@@ -460,6 +460,7 @@ class ImageMachine(QemuMachine):
             memory_mib=self.spec.memory_mib,
             cpus=self.spec.cpus,
             snapshot=self.snapshot,
+            networks=tuple(nic.network for nic in self.spec.nics),
         )
 
     async def detach(self) -> MachineRecord | None:

@@ -66,6 +66,7 @@ class MachineRecord:
     memory_mib: int
     cpus: int = 1
     snapshot: str | None = None  # a savevm tag in the overlay, to restore after a crash
+    networks: tuple[str, ...] = ()  # the private networks it is on (their switches run detached)
 
     @property
     def address(self) -> str:
@@ -77,6 +78,7 @@ class MachineRecord:
             if isinstance(value, Path):
                 data[key] = str(value)
         data["argv"] = list(self.argv)
+        data["networks"] = list(self.networks)
         data["started"] = self.started.isoformat()
         return json.dumps(data, indent=2) + "\n"
 
@@ -91,6 +93,9 @@ class MachineRecord:
             if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
                 raise ValueError("argv is not a list of strings")
             snapshot = data.get("snapshot")
+            networks = data.get("networks", [])
+            if not isinstance(networks, list) or not all(isinstance(n, str) for n in networks):
+                raise ValueError("networks is not a list of names")
             started = datetime.fromisoformat(str(data["started"]))
             return cls(
                 name=_str(data, "name"),
@@ -108,6 +113,7 @@ class MachineRecord:
                 memory_mib=_int(data, "memory_mib"),
                 cpus=_int(data, "cpus"),
                 snapshot=str(snapshot) if snapshot is not None else None,
+                networks=tuple(networks),
             )
         except (KeyError, TypeError, json.JSONDecodeError) as exc:
             raise ValueError(f"not a machine record: {exc}") from None
@@ -320,12 +326,12 @@ async def terminate(proc: AdoptedProcess, *, grace: float = STOP_GRACE) -> None:
 # -- using a machine -------------------------------------------------------
 
 
-class MachineInUse:
-    """An exclusive claim on an up machine (flock on NAME.lock), so that the
-    jobs of one or several `vmlab test` runs use it one at a time."""
+class FileLock:
+    """An exclusive flock on `path` (created if missing), waited for without
+    blocking the event loop; released by `release()` or when vmlab dies."""
 
-    def __init__(self, lab_dir: Path, name: str) -> None:
-        self.path = machines_dir(lab_dir) / f"{name}.lock"
+    def __init__(self, path: Path) -> None:
+        self.path = path
         self._fd: int | None = None
 
     async def acquire(self, *, poll: float = 0.2) -> None:
@@ -347,6 +353,14 @@ class MachineInUse:
         if self._fd is not None:
             os.close(self._fd)  # closing drops the flock
             self._fd = None
+
+
+class MachineInUse(FileLock):
+    """An exclusive claim on an up machine (flock on NAME.lock), so that the
+    jobs of one or several `vmlab test` runs use it one at a time."""
+
+    def __init__(self, lab_dir: Path, name: str) -> None:
+        super().__init__(machines_dir(lab_dir) / f"{name}.lock")
 
 
 # -- small formatting helpers ----------------------------------------------

@@ -5,23 +5,23 @@
         async with QemuMachine(spec) as vm: ...
         nets.switch("lan").set_port("a", False)        # pull a's cable at the switch
 
-For machines that outlive vmlab (`vmlab up`): `await spawn_detached(networks)`
-starts one `SwitchProcess` per network, `attach(spec, processes)` attaches a
-spec to them, and `SwitchProcess.attach(DIR)` / `.stop()` find and end them
-later (their directories are in `directory`).
+For machines that outlive vmlab (`vmlab up`), each network's switch runs as a
+detached `SwitchProcess`, recorded in the lab's directory
+(vmlab.net.lab_switches); `attach(spec, processes)` attaches a spec to them, and
+`LabNetworks(networks, running=processes)` uses them instead of starting its own.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
+from vmlab.errors import UsageError
 from vmlab.machine.spec import MachineSpec
 from vmlab.net.addresses import NetworkSpec
-from vmlab.net.switch import Switch, SwitchProcess
+from vmlab.net.switch import Switch
 
 
 class SwitchEndpoints(Protocol):
@@ -42,16 +42,31 @@ def attach(spec: MachineSpec, switches: Mapping[str, SwitchEndpoints]) -> Machin
         switch = switches.get(nic.network)
         if switch is None:
             raise KeyError(f"network {nic.network!r} of machine {spec.name} is not running")
-        nics.append(replace(nic, switch=switch.socket_path, port=switch.port_path(spec.name)))
+        try:
+            port = switch.port_path(spec.name)
+        except (KeyError, ValueError):
+            raise UsageError(
+                f"machine {spec.name} has no port on network {nic.network}'s running switch: "
+                f"it joined the network after `vmlab up` started the switch (vmlab down, "
+                "then vmlab up)"
+            ) from None
+        nics.append(replace(nic, switch=switch.socket_path, port=port))
     return replace(spec, nics=tuple(nics))
 
 
 class LabNetworks:
     """One in-loop `Switch` per network; all stopped (and their files removed)
-    when the block ends, on any path."""
+    when the block ends, on any path. Networks in `running` already have a
+    switch (`vmlab up` left it running: vmlab.net.lab_switches): machines are
+    attached to that one instead, and it is left running."""
 
-    def __init__(self, networks: Iterable[NetworkSpec]) -> None:
-        self.networks = {network.name: network for network in networks}
+    def __init__(
+        self,
+        networks: Iterable[NetworkSpec],
+        running: Mapping[str, SwitchEndpoints] | None = None,
+    ) -> None:
+        self.running = dict(running or {})
+        self.networks = {n.name: n for n in networks if n.name not in self.running}
         self.switches: dict[str, Switch] = {}
 
     async def __aenter__(self) -> LabNetworks:
@@ -80,23 +95,4 @@ class LabNetworks:
         return self.switches[network]
 
     def attach(self, spec: MachineSpec) -> MachineSpec:
-        return attach(spec, self.switches)
-
-
-async def spawn_detached(
-    networks: Iterable[NetworkSpec], *, exit_with: int | None = None
-) -> dict[str, SwitchProcess]:
-    """One detached `SwitchProcess` per network; if one fails to start, the
-    ones already started are stopped."""
-    started: dict[str, SwitchProcess] = {}
-    try:
-        for network in networks:
-            started[network.name] = await SwitchProcess.spawn(
-                network.machines, name=network.name, exit_with=exit_with
-            )
-    except BaseException:
-        for process in started.values():
-            with contextlib.suppress(Exception):
-                await process.stop()
-        raise
-    return started
+        return attach(spec, {**self.running, **self.switches})

@@ -1,0 +1,192 @@
+"""The switches `vmlab up` leaves running for a lab's networks, with real
+detached switch processes (no VM): started once and recorded, used again,
+kept while a running machine is on the network, stopped with the last one,
+and a killed switch noticed, replaced and cleaned up.
+
+A `sleep` process plays the part of a running machine's QEMU (liveness
+compares /proc/PID/cmdline with the recorded argv).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+
+import pytest
+
+from vmlab.cli import lifecycle_cmd
+from vmlab.errors import UsageError
+from vmlab.machine.records import MachineRecord, cmdline_of, write_record
+from vmlab.machine.spec import MachineSpec, NicSpec
+from vmlab.net.addresses import NetworkMember, NetworkSpec
+from vmlab.net.lab_switches import (
+    ensure_switches,
+    list_switches,
+    network_record_path,
+    running_switches,
+    stop_unused,
+)
+from vmlab.net.networks import LabNetworks, attach
+
+
+def _network(name: str, machines: tuple[str, ...]) -> NetworkSpec:
+    members = tuple(
+        NetworkMember(m, IPv4Address(f"10.9.0.{i + 10}"), f"02:00:00:00:00:{i + 10:02x}")
+        for i, m in enumerate(machines)
+    )
+    return NetworkSpec(name=name, subnet=IPv4Network("10.9.0.0/24"), members=members)
+
+
+B_ON_LAN = MachineSpec(
+    name="b", nics=(NicSpec("lan", "02:00:00:00:00:0b", IPv4Address("10.9.0.11"), 24),)
+)
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Path:
+    root = tmp_path / "lab"
+    root.mkdir()
+    (root / "vmlab.toml").write_text("[lab]\nname = 'x'\n")
+    return root
+
+
+@pytest.fixture
+async def cleanup(lab: Path) -> AsyncIterator[None]:
+    yield
+    await stop_unused(lab, in_use=())
+
+
+@pytest.fixture
+def sleeper() -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(["sleep", "300"])
+    deadline = time.monotonic() + 10
+    while cmdline_of(proc.pid) != ("sleep", "300") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def _machine_on(lab: Path, name: str, pid: int, networks: tuple[str, ...]) -> MachineRecord:
+    runtime = lab.parent / f"vmlab-{name}"
+    runtime.mkdir(exist_ok=True)
+    record = MachineRecord(
+        name=name, lab_dir=lab, pid=pid, argv=("sleep", "300"), started=datetime.now(UTC),
+        runtime_dir=runtime, qmp_socket=runtime / "qmp.sock",
+        console_socket=runtime / "console.sock", console_log=runtime / "console.log",
+        ssh_port=40022, ssh_user="root", key_path=lab / "key", memory_mib=512,
+        networks=networks,
+    )  # fmt: skip
+    write_record(record)
+    return record
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.usefixtures("cleanup")
+async def test_a_switch_is_started_once_recorded_and_used_again(lab: Path) -> None:
+    lan = _network("lan", ("a", "b"))
+    switches, started = await ensure_switches(lab, [lan])
+    assert started == ["lan"]
+    first = switches["lan"]
+    assert first.alive() and first.ports == ("a", "b")
+    record = json.loads(network_record_path(lab, "lan").read_text())
+    assert record == {"version": 1, "network": "lan", "directory": str(first.directory)}
+    again, started = await ensure_switches(lab, [lan])
+    assert started == [] and again["lan"].pid == first.pid
+    assert set(running_switches(lab)) == {"lan"}
+
+
+@pytest.mark.usefixtures("cleanup")
+async def test_a_machine_added_to_the_network_since_is_a_clear_error(lab: Path) -> None:
+    await ensure_switches(lab, [_network("lan", ("a",))])
+    with pytest.raises(
+        UsageError, match=r"network lan: .*no port for b.*vmlab down, then vmlab up"
+    ):
+        await ensure_switches(lab, [_network("lan", ("a", "b"))])
+    with pytest.raises(UsageError, match=r"machine b has no port on network lan's running switch"):
+        attach(B_ON_LAN, running_switches(lab))
+
+
+@pytest.mark.usefixtures("cleanup")
+async def test_vmlab_tests_networks_use_the_running_switch_and_leave_it_running(
+    lab: Path,
+) -> None:
+    switches, _ = await ensure_switches(lab, [_network("lan", ("a", "b"))])
+    nets = LabNetworks([_network("lan", ("a", "b")), _network("san", ("b",))], switches)
+    async with nets:
+        assert set(nets.switches) == {"san"}  # only the network nobody left running
+        (nic,) = nets.attach(B_ON_LAN).nics
+        assert nic.switch == switches["lan"].socket_path
+        assert nic.port == switches["lan"].port_path("b")
+    assert switches["lan"].alive()
+
+
+@pytest.mark.usefixtures("cleanup")
+async def test_down_keeps_a_switch_a_running_machine_is_on_and_stops_it_with_the_last(
+    lab: Path, sleeper: subprocess.Popen[bytes], capsys: pytest.CaptureFixture[str]
+) -> None:
+    switches, _ = await ensure_switches(lab, [_network("lan", ("a", "b"))])
+    pid = switches["lan"].pid
+    _machine_on(lab, "a", sleeper.pid, ("lan",))
+    assert await stop_unused(lab, lifecycle_cmd.networks_in_use(lab)) == []
+    assert lifecycle_cmd.status(lab, as_json=False) == 0
+    out = capsys.readouterr().out
+    assert f"network lan: switch running (pid {pid}; a, b)" in out
+    assert await lifecycle_cmd.down(lab, ("a",)) == 0
+    out = capsys.readouterr().out
+    assert "a: stopped" in out and "network lan: switch stopped" in out
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert not _alive(pid)
+    assert list_switches(lab) == []
+    assert not switches["lan"].directory.exists()
+
+
+@pytest.mark.usefixtures("cleanup")
+async def test_a_killed_switch_is_shown_gone_replaced_by_up_and_cleaned(
+    lab: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lan = _network("lan", ("a",))
+    switches, _ = await ensure_switches(lab, [lan])
+    killed = switches["lan"]
+    os.kill(killed.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while killed.alive() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    (entry,) = list_switches(lab)
+    assert not entry.running and "is gone" in entry.problem
+    assert running_switches(lab) == {}
+    lifecycle_cmd.status(lab, as_json=False)
+    assert f"network lan: its switch (pid {killed.pid}) is gone" in capsys.readouterr().out
+
+    replaced, started = await ensure_switches(lab, [lan])
+    assert started == ["lan"] and replaced["lan"].pid != killed.pid
+    assert not killed.directory.exists()  # the dead one's files went with it
+
+    os.kill(replaced["lan"].pid, signal.SIGKILL)
+    while replaced["lan"].alive() and time.monotonic() < deadline + 10:
+        await asyncio.sleep(0.05)
+    assert await lifecycle_cmd.clean(lab) == 0
+    assert "network lan: removed (its switch" in capsys.readouterr().out
+    assert list_switches(lab) == [] and not replaced["lan"].directory.exists()
+
+
+async def test_a_lab_without_networks_gets_no_networks_directory(lab: Path) -> None:
+    assert await stop_unused(lab, in_use=()) == []
+    assert not (lab / ".vmlab").exists()
