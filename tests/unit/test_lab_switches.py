@@ -190,3 +190,23 @@ async def test_a_killed_switch_is_shown_gone_replaced_by_up_and_cleaned(
 async def test_a_lab_without_networks_gets_no_networks_directory(lab: Path) -> None:
     assert await stop_unused(lab, in_use=()) == []
     assert not (lab / ".vmlab").exists()
+
+
+@pytest.mark.usefixtures("cleanup")
+async def test_starting_is_all_or_nothing(lab: Path) -> None:
+    bad = NetworkSpec(
+        name="san",
+        subnet=IPv4Network("10.9.1.0/24"),
+        members=(NetworkMember("../x", IPv4Address("10.9.1.10"), "02:00:00:00:01:10"),),
+    )
+    with pytest.raises(ValueError):
+        await ensure_switches(lab, [_network("lan", ("a",)), bad])
+    assert list_switches(lab) == []  # lan's switch, started first, went again
+
+
+@pytest.mark.usefixtures("cleanup")
+async def test_only_the_named_switches_are_stopped(lab: Path) -> None:
+    switches, _ = await ensure_switches(lab, [_network("lan", ("a",)), _network("san", ("a",))])
+    assert await stop_unused(lab, in_use=(), only=()) == []
+    assert await stop_unused(lab, in_use=(), only=("san",)) == ["network san: switch stopped"]
+    assert set(running_switches(lab)) == {"lan"} and switches["lan"].alive()

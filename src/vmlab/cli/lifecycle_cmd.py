@@ -170,15 +170,15 @@ async def up(lab_path: Path, names: Sequence[str]) -> int:
         return 0
     await build_machine_images(todo, stderr=False)
     machines_dir(lab.root).mkdir(parents=True, exist_ok=True)
+    switches, started = await _start_switches(lab, todo)
     try:
-        switches = await _start_switches(lab, todo)
         notices: set[str] = set()
         outcomes = await asyncio.gather(
             *(_up_one(lab, machine, notices, switches) for machine in todo),
             return_exceptions=True,
         )
-    finally:  # a network none of whose machines came up is not left running
-        for line in await stop_unused(lab.root, networks_in_use(lab.root)):
+    finally:  # a switch started for machines none of which came up does not stay
+        for line in await stop_unused(lab.root, networks_in_use(lab.root), only=started):
             say(line)
     status = 0
     for machine, outcome in zip(todo, outcomes, strict=True):
@@ -200,16 +200,19 @@ def _running(lab_dir: Path, name: str) -> MachineRecord | None:
     return None
 
 
-async def _start_switches(lab: Lab, machines: Sequence[MachineConfig]) -> dict[str, SwitchProcess]:
+async def _start_switches(
+    lab: Lab, machines: Sequence[MachineConfig]
+) -> tuple[dict[str, SwitchProcess], list[str]]:
     """The detached switches of the networks these machines are on: those that
-    run already (other machines of the lab are up on them), or new ones."""
+    run already (other machines of the lab are up on them), or new ones; and
+    the names of the new ones."""
     names = sorted({nic.network for machine in machines for nic in machine.spec.nics})
     if not names:
-        return {}
+        return {}, []
     switches, started = await ensure_switches(lab.root, [lab.networks[n] for n in names])
     for name in started:
         say(f"network {name}: switch started ({lab.networks[name].subnet})")
-    return switches
+    return switches, started
 
 
 def networks_in_use(lab_dir: Path) -> set[str]:

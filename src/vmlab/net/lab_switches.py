@@ -108,10 +108,10 @@ async def ensure_switches(
     new one (recorded). Returns them and the names of those started now."""
     lock = _lock(lab_dir)
     await lock.acquire()
+    switches: dict[str, SwitchProcess] = {}
+    started: list[str] = []
     try:
         existing = {entry.network: entry for entry in list_switches(lab_dir)}
-        switches: dict[str, SwitchProcess] = {}
-        started: list[str] = []
         for network in networks:
             entry = existing.get(network.name)
             if entry is not None and entry.switch is not None:
@@ -139,14 +139,26 @@ async def ensure_switches(
             switches[network.name] = switch
             started.append(network.name)
         return switches, started
+    except BaseException:  # all or nothing: the switches started here go again
+        for name in started:
+            with contextlib.suppress(SwitchError):
+                await switches[name].stop()
+            network_record_path(lab_dir, name).unlink(missing_ok=True)
+        raise
     finally:
         lock.release()
 
 
-async def stop_unused(lab_dir: Path, in_use: Iterable[str]) -> list[str]:
+async def stop_unused(
+    lab_dir: Path, in_use: Iterable[str], *, only: Iterable[str] | None = None
+) -> list[str]:
     """Stop (or forget, when dead) every recorded switch whose network is not
-    in `in_use`; returns a line for each, saying what happened."""
+    in `in_use` (of those in `only`, when given); returns a line for each,
+    saying what happened."""
     keep = set(in_use)
+    chosen = None if only is None else set(only)
+    if chosen is not None and not chosen:
+        return []
     if not networks_dir(lab_dir).is_dir():
         return []
     lock = _lock(lab_dir)
@@ -154,7 +166,7 @@ async def stop_unused(lab_dir: Path, in_use: Iterable[str]) -> list[str]:
     try:
         said = []
         for entry in list_switches(lab_dir):
-            if entry.network in keep:
+            if entry.network in keep or (chosen is not None and entry.network not in chosen):
                 continue
             if entry.switch is not None:
                 with contextlib.suppress(SwitchError):
