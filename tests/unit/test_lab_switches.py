@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -100,14 +101,14 @@ def _alive(pid: int) -> bool:
 @pytest.mark.usefixtures("cleanup")
 async def test_a_switch_is_started_once_recorded_and_used_again(lab: Path) -> None:
     lan = _network("lan", ("a", "b"))
-    switches, started = await ensure_switches(lab, [lan])
-    assert started == ["lan"]
-    first = switches["lan"]
+    found = await ensure_switches(lab, [lan])
+    assert found.started == ("lan",) and found.restarted == ()
+    first = found.switches["lan"]
     assert first.alive() and first.ports == ("a", "b")
     record = json.loads(network_record_path(lab, "lan").read_text())
     assert record == {"version": 1, "network": "lan", "directory": str(first.directory)}
-    again, started = await ensure_switches(lab, [lan])
-    assert started == [] and again["lan"].pid == first.pid
+    again = await ensure_switches(lab, [lan])
+    assert again.started == () and again.switches["lan"].pid == first.pid
     assert set(running_switches(lab)) == {"lan"}
 
 
@@ -126,7 +127,7 @@ async def test_a_machine_added_to_the_network_since_is_a_clear_error(lab: Path) 
 async def test_vmlab_tests_networks_use_the_running_switch_and_leave_it_running(
     lab: Path,
 ) -> None:
-    switches, _ = await ensure_switches(lab, [_network("lan", ("a", "b"))])
+    switches = (await ensure_switches(lab, [_network("lan", ("a", "b"))])).switches
     nets = LabNetworks([_network("lan", ("a", "b")), _network("san", ("b",))], switches)
     async with nets:
         assert set(nets.switches) == {"san"}  # only the network nobody left running
@@ -140,7 +141,7 @@ async def test_vmlab_tests_networks_use_the_running_switch_and_leave_it_running(
 async def test_down_keeps_a_switch_a_running_machine_is_on_and_stops_it_with_the_last(
     lab: Path, sleeper: subprocess.Popen[bytes], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    switches, _ = await ensure_switches(lab, [_network("lan", ("a", "b"))])
+    switches = (await ensure_switches(lab, [_network("lan", ("a", "b"))])).switches
     pid = switches["lan"].pid
     _machine_on(lab, "a", sleeper.pid, ("lan",))
     assert await stop_unused(lab, lifecycle_cmd.networks_in_use(lab)) == []
@@ -159,32 +160,48 @@ async def test_down_keeps_a_switch_a_running_machine_is_on_and_stops_it_with_the
 
 
 @pytest.mark.usefixtures("cleanup")
-async def test_a_killed_switch_is_shown_gone_replaced_by_up_and_cleaned(
+async def test_a_killed_switch_is_shown_gone_and_started_again_where_its_machines_send(
     lab: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    lan = _network("lan", ("a",))
-    switches, _ = await ensure_switches(lab, [lan])
-    killed = switches["lan"]
-    os.kill(killed.pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while killed.alive() and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
+    lan = _network("lan", ("a", "b"))
+    killed = (await ensure_switches(lab, [lan])).switches["lan"]
+    _kill(killed.pid)
     (entry,) = list_switches(lab)
-    assert not entry.running and "is gone" in entry.problem
+    assert not entry.running and "is gone" in entry.problem and entry.ports == ("a", "b")
     assert running_switches(lab) == {}
     lifecycle_cmd.status(lab, as_json=False)
     assert f"network lan: its switch (pid {killed.pid}) is gone" in capsys.readouterr().out
 
-    replaced, started = await ensure_switches(lab, [lan])
-    assert started == ["lan"] and replaced["lan"].pid != killed.pid
-    assert not killed.directory.exists()  # the dead one's files went with it
+    # A machine's QEMU sends to the switch socket of that directory: the new
+    # switch serves the same paths, so the machines have their network back.
+    found = await ensure_switches(lab, [lan])
+    assert found.restarted == ("lan",) and found.started == ()
+    again = found.switches["lan"]
+    assert again.pid != killed.pid and again.alive()
+    assert again.directory == killed.directory and again.socket_path == killed.socket_path
+    assert again.port_path("b") == killed.port_path("b")
 
-    os.kill(replaced["lan"].pid, signal.SIGKILL)
-    while replaced["lan"].alive() and time.monotonic() < deadline + 10:
-        await asyncio.sleep(0.05)
+    _kill(again.pid)
     assert await lifecycle_cmd.clean(lab) == 0
     assert "network lan: removed (its switch" in capsys.readouterr().out
-    assert list_switches(lab) == [] and not replaced["lan"].directory.exists()
+    assert list_switches(lab) == [] and not again.directory.exists()
+
+
+@pytest.mark.usefixtures("cleanup")
+async def test_a_dead_switch_whose_directory_is_gone_is_replaced(lab: Path) -> None:
+    lan = _network("lan", ("a",))
+    killed = (await ensure_switches(lab, [lan])).switches["lan"]
+    _kill(killed.pid)
+    shutil.rmtree(killed.directory)
+    found = await ensure_switches(lab, [lan])
+    assert found.started == ("lan",) and found.switches["lan"].directory != killed.directory
+
+
+def _kill(pid: int) -> None:
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 async def test_a_lab_without_networks_gets_no_networks_directory(lab: Path) -> None:
@@ -206,7 +223,8 @@ async def test_starting_is_all_or_nothing(lab: Path) -> None:
 
 @pytest.mark.usefixtures("cleanup")
 async def test_only_the_named_switches_are_stopped(lab: Path) -> None:
-    switches, _ = await ensure_switches(lab, [_network("lan", ("a",)), _network("san", ("a",))])
+    both = [_network("lan", ("a",)), _network("san", ("a",))]
+    switches = (await ensure_switches(lab, both)).switches
     assert await stop_unused(lab, in_use=(), only=()) == []
     assert await stop_unused(lab, in_use=(), only=("san",)) == ["network san: switch stopped"]
     assert set(running_switches(lab)) == {"lan"} and switches["lan"].alive()

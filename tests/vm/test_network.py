@@ -225,8 +225,9 @@ async def test_two_labs_do_not_see_each_others_traffic(tmp_path: Path, vm_env: V
     )
     # Lab one's switch runs in this event loop; lab two's as a detached process,
     # as for machines that outlive vmlab (`vmlab up`), recorded in its lab directory.
-    detached, started = await ensure_switches(two.root, list(two.networks.values()))
-    assert started == ["lan"]
+    found = await ensure_switches(two.root, list(two.networks.values()))
+    assert found.started == ("lan",)
+    detached = found.switches
     try:
         async with LabNetworks(one.networks.values()) as nets:
             x_spec = nets.attach(one.machines["x"].spec)

@@ -45,7 +45,7 @@ from vmlab.machine.records import (
     terminate,
     uptime,
 )
-from vmlab.net.lab_switches import ensure_switches, list_switches, stop_unused
+from vmlab.net.lab_switches import LabSwitches, ensure_switches, list_switches, stop_unused
 from vmlab.net.networks import attach
 from vmlab.net.switch import SwitchProcess
 
@@ -166,19 +166,21 @@ async def up(lab_path: Path, names: Sequence[str]) -> int:
             removed = remove_machine_files(lab.root, entry, keep_log=False)
             say(f"{machine.name}: its earlier QEMU is gone; removed {', '.join(removed)}")
         todo.append(machine)
-    if not todo:
-        return 0
-    await build_machine_images(todo, stderr=False)
-    machines_dir(lab.root).mkdir(parents=True, exist_ok=True)
-    switches, started = await _start_switches(lab, todo)
+    # Machines that are up get their network back if its switch died.
+    switches = await _start_switches(lab, machines)
     try:
+        if not todo:
+            return 0
+        await build_machine_images(todo, stderr=False)
+        machines_dir(lab.root).mkdir(parents=True, exist_ok=True)
         notices: set[str] = set()
         outcomes = await asyncio.gather(
-            *(_up_one(lab, machine, notices, switches) for machine in todo),
+            *(_up_one(lab, machine, notices, switches.switches) for machine in todo),
             return_exceptions=True,
         )
     finally:  # a switch started for machines none of which came up does not stay
-        for line in await stop_unused(lab.root, networks_in_use(lab.root), only=started):
+        in_use = networks_in_use(lab.root)
+        for line in await stop_unused(lab.root, in_use, only=switches.started):
             say(line)
     status = 0
     for machine, outcome in zip(todo, outcomes, strict=True):
@@ -200,19 +202,19 @@ def _running(lab_dir: Path, name: str) -> MachineRecord | None:
     return None
 
 
-async def _start_switches(
-    lab: Lab, machines: Sequence[MachineConfig]
-) -> tuple[dict[str, SwitchProcess], list[str]]:
+async def _start_switches(lab: Lab, machines: Sequence[MachineConfig]) -> LabSwitches:
     """The detached switches of the networks these machines are on: those that
-    run already (other machines of the lab are up on them), or new ones; and
-    the names of the new ones."""
+    run already (other machines of the lab are up on them), dead ones started
+    again, or new ones."""
     names = sorted({nic.network for machine in machines for nic in machine.spec.nics})
     if not names:
-        return {}, []
-    switches, started = await ensure_switches(lab.root, [lab.networks[n] for n in names])
-    for name in started:
+        return LabSwitches({})
+    found = await ensure_switches(lab.root, [lab.networks[n] for n in names])
+    for name in found.started:
         say(f"network {name}: switch started ({lab.networks[name].subnet})")
-    return switches, started
+    for name in found.restarted:
+        say(f"network {name}: its switch was gone; started again where its machines send")
+    return found
 
 
 def networks_in_use(lab_dir: Path) -> set[str]:

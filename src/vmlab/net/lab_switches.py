@@ -52,6 +52,7 @@ class SwitchEntry:
     directory: Path | None
     switch: SwitchProcess | None  # None: not running (see `problem`)
     problem: str = ""
+    ports: tuple[str, ...] = ()  # a dead switch's ports, from the state it left
 
     @property
     def running(self) -> bool:
@@ -72,7 +73,8 @@ def _read_entry(path: Path) -> SwitchEntry:
     except SwitchError:
         return SwitchEntry(network, directory, None, "its switch is gone")
     if not switch.alive():
-        return SwitchEntry(network, directory, None, f"its switch (pid {switch.pid}) is gone")
+        problem = f"its switch (pid {switch.pid}) is gone"
+        return SwitchEntry(network, directory, None, problem, switch.ports)
     return SwitchEntry(network, directory, switch)
 
 
@@ -101,44 +103,48 @@ def _forget(lab_dir: Path, entry: SwitchEntry) -> None:
     network_record_path(lab_dir, entry.network).unlink(missing_ok=True)
 
 
-async def ensure_switches(
-    lab_dir: Path, networks: Sequence[NetworkSpec]
-) -> tuple[dict[str, SwitchProcess], list[str]]:
-    """A running detached switch for each of `networks`: the recorded one, or a
-    new one (recorded). Returns them and the names of those started now."""
+@dataclass(frozen=True)
+class LabSwitches:
+    """What `ensure_switches` found or started."""
+
+    switches: dict[str, SwitchProcess]
+    started: tuple[str, ...] = ()  # new switches
+    restarted: tuple[str, ...] = ()  # dead ones started again in their directory
+
+
+async def ensure_switches(lab_dir: Path, networks: Sequence[NetworkSpec]) -> LabSwitches:
+    """A running detached switch for each of `networks`: the recorded one; a
+    dead one started again in its own directory with its own ports, so that
+    the machines still running on it (their QEMU sends to that directory's
+    socket) have their network back; or a new one, recorded."""
     lock = _lock(lab_dir)
     await lock.acquire()
     switches: dict[str, SwitchProcess] = {}
     started: list[str] = []
+    restarted: list[str] = []
     try:
         existing = {entry.network: entry for entry in list_switches(lab_dir)}
         for network in networks:
             entry = existing.get(network.name)
-            if entry is not None and entry.switch is not None:
-                missing = [m for m in network.machines if m not in entry.switch.ports]
-                if missing:
-                    raise UsageError(
-                        f"network {network.name}: its running switch has no port for "
-                        f"{', '.join(missing)}, which joined it in the lab file since "
-                        f"(vmlab down, then vmlab up)"
-                    )
-                switches[network.name] = entry.switch
-                continue
-            if entry is not None:
-                _forget(lab_dir, entry)
-            try:
-                switch = await SwitchProcess.spawn(network.machines, name=network.name)
-            except SwitchError as exc:
-                raise InfraError(f"network {network.name}: {exc}") from None
-            record = {"version": RECORD_VERSION, "network": network.name}
-            record["directory"] = str(switch.directory)
-            write_atomic(
-                network_record_path(lab_dir, network.name),
-                (json.dumps(record, indent=2) + "\n").encode(),
-            )
+            switch = entry.switch if entry is not None else None
+            if switch is None and entry is not None:
+                switch = await _restart(entry)
+                if switch is None:
+                    _forget(lab_dir, entry)
+                else:
+                    restarted.append(network.name)
+            if switch is None:
+                switch = await _start(lab_dir, network)
+                started.append(network.name)
             switches[network.name] = switch
-            started.append(network.name)
-        return switches, started
+            missing = [m for m in network.machines if m not in switch.ports]
+            if missing:
+                raise UsageError(
+                    f"network {network.name}: its running switch has no port for "
+                    f"{', '.join(missing)}, which joined it in the lab file since "
+                    f"(vmlab down, then vmlab up)"
+                )
+        return LabSwitches(switches, tuple(started), tuple(restarted))
     except BaseException:  # all or nothing: the switches started here go again
         for name in started:
             with contextlib.suppress(SwitchError):
@@ -147,6 +153,32 @@ async def ensure_switches(
         raise
     finally:
         lock.release()
+
+
+async def _start(lab_dir: Path, network: NetworkSpec) -> SwitchProcess:
+    try:
+        switch = await SwitchProcess.spawn(network.machines, name=network.name)
+    except SwitchError as exc:
+        raise InfraError(f"network {network.name}: {exc}") from None
+    record = {"version": RECORD_VERSION, "network": network.name}
+    record["directory"] = str(switch.directory)
+    write_atomic(
+        network_record_path(lab_dir, network.name),
+        (json.dumps(record, indent=2) + "\n").encode(),
+    )
+    return switch
+
+
+async def _restart(entry: SwitchEntry) -> SwitchProcess | None:
+    """The dead switch of `entry` started again in its directory (None when
+    that is gone, or the switch does not start there)."""
+    directory = entry.directory
+    if directory is None or not entry.ports or not directory.is_dir():
+        return None
+    try:
+        return await SwitchProcess.spawn(entry.ports, name=entry.network, directory=directory)
+    except SwitchError:
+        return None
 
 
 async def stop_unused(
