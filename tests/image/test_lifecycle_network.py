@@ -155,6 +155,24 @@ def test_the_machines_that_are_up_reach_each_other_by_name(net_lab: NetLab) -> N
     assert address.stdout.split()[0] == "10.77.9.11", address.stdout
 
 
+def test_a_killed_switch_is_brought_back_by_up_and_the_machines_reconnect(net_lab: NetLab) -> None:
+    killed = net_lab.switch_pid()
+    os.kill(killed, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while _alive(killed) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "its switch (pid" in net_lab.vmlab("status").stdout
+    cut = net_lab.vmlab("ssh", "a", "--", REACH.replace("20", "3"), "b")
+    assert cut.returncode != 0, "a reached b with its network's switch dead"
+    again = net_lab.vmlab("up")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "network lan: its switch was gone; started again" in again.stdout
+    assert "a: already up" in again.stdout and "b: already up" in again.stdout
+    assert net_lab.switch_pid() != killed
+    done = net_lab.vmlab("ssh", "a", "--", REACH, "b")
+    assert done.returncode == 0, done.stderr
+
+
 PROBE = (
     "python3 -c 'import socket, sys\n"
     'try:\n socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5); print("in")\n'
