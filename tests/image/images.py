@@ -29,3 +29,10 @@ TEST_IMAGE_SPEC = ImageSpec(
 def ensure_test_image(progress: Callable[[str], None] | None = None) -> BuiltImage:
     """The built TEST_IMAGE_SPEC, building it first when the cache lacks it."""
     return asyncio.run(build_image(TEST_IMAGE_SPEC, progress=progress))
+
+
+def image_table(name: str = "base") -> str:
+    """An `[image.NAME]` table of a lab file with TEST_IMAGE_SPEC's recipe, so
+    that the lab's image is the cached test image."""
+    packages = ", ".join(f'"{p}"' for p in TEST_IMAGE_SPEC.packages)
+    return f'[image.{name}]\npackages = [{packages}]\nsize = "{TEST_IMAGE_SPEC.size_mib}M"\n'

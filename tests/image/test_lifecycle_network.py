@@ -23,7 +23,7 @@ import pytest
 from vmlab.machine.image_build import BuiltImage
 from vmlab.results.model import Outcome
 
-from .images import TEST_IMAGE_SPEC
+from .images import image_table
 from .test_lifecycle import VMLAB, _processes, _qemus_of
 
 pytestmark = [pytest.mark.vm, pytest.mark.timeout(1500)]
@@ -32,15 +32,11 @@ REACH = "python3 -c 'import socket, sys; socket.create_connection((sys.argv[1], 
 
 
 def _lab_file() -> str:
-    packages = ", ".join(f'"{p}"' for p in TEST_IMAGE_SPEC.packages)
     return f"""
 [lab]
 name = "uplan"
 
-[image.base]  # the same recipe as TEST_IMAGE_SPEC: the cached image
-packages = [{packages}]
-size = "{TEST_IMAGE_SPEC.size_mib}M"
-
+{image_table()}
 [network.lan]
 subnet = "10.77.9.0/24"
 

@@ -17,7 +17,7 @@ import pytest
 
 from vmlab.machine.image_build import BuiltImage
 
-from .images import TEST_IMAGE_SPEC
+from .images import image_table
 from .test_lifecycle import VMLAB, _qemus_of
 
 pytestmark = [pytest.mark.vm, pytest.mark.timeout(600)]
@@ -29,22 +29,17 @@ def busy_port() -> Iterator[int]:
         yield int(server.getsockname()[1])
 
 
-def _image_table() -> str:
-    packages = ", ".join(f'"{p}"' for p in TEST_IMAGE_SPEC.packages)
-    return f'[image.base]\npackages = [{packages}]\nsize = "{TEST_IMAGE_SPEC.size_mib}M"\n'
-
-
 CASES = {
     "not-an-image": (
         '[machine.web]\nimage = "notes.qcow2"\n',
         r"image .*notes\.qcow2 is not a disk image",
     ),
     "user-data-not-yaml": (
-        _image_table() + '[machine.web]\nimage = "base"\nuser_data = "user-data.yml"\n',
+        image_table() + '[machine.web]\nimage = "base"\nuser_data = "user-data.yml"\n',
         r"user-data\.yml:[34]: user_data is not valid YAML",
     ),
     "ssh-port-in-use": (
-        _image_table() + '[machine.web]\nimage = "base"\nssh_port = PORT\n',
+        image_table() + '[machine.web]\nimage = "base"\nssh_port = PORT\n',
         r"ssh_port \d+ on 127\.0\.0\.1 is in use \(pick another",
     ),
 }

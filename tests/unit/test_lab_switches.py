@@ -16,7 +16,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
@@ -25,7 +25,7 @@ import pytest
 
 from vmlab.cli import lifecycle_cmd
 from vmlab.errors import UsageError
-from vmlab.machine.records import MachineRecord, cmdline_of, write_record
+from vmlab.machine.records import MachineRecord, write_record
 from vmlab.machine.spec import MachineSpec, NicSpec
 from vmlab.net.addresses import NetworkMember, NetworkSpec
 from vmlab.net.lab_switches import (
@@ -63,17 +63,6 @@ def lab(tmp_path: Path) -> Path:
 async def cleanup(lab: Path) -> AsyncIterator[None]:
     yield
     await stop_unused(lab, in_use=())
-
-
-@pytest.fixture
-def sleeper() -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(["sleep", "300"])
-    deadline = time.monotonic() + 10
-    while cmdline_of(proc.pid) != ("sleep", "300") and time.monotonic() < deadline:
-        time.sleep(0.01)
-    yield proc
-    proc.kill()
-    proc.wait()
 
 
 def _machine_on(lab: Path, name: str, pid: int, networks: tuple[str, ...]) -> MachineRecord:

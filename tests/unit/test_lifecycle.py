@@ -13,8 +13,6 @@ import asyncio
 import json
 import os
 import subprocess
-import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -32,7 +30,6 @@ from vmlab.machine.records import (
     Entry,
     MachineRecord,
     MachineStatus,
-    cmdline_of,
     format_duration,
     list_records,
     qemu_alive,
@@ -53,18 +50,6 @@ def lab(tmp_path: Path) -> Path:
         "[machine.host]\nmemory = 256\n"
     )
     return root
-
-
-@pytest.fixture
-def sleeper() -> Iterator[subprocess.Popen[bytes]]:
-    """A live process standing in for QEMU (once it has exec'd sleep)."""
-    proc = subprocess.Popen(["sleep", "300"])
-    deadline = time.monotonic() + 10
-    while cmdline_of(proc.pid) != ("sleep", "300") and time.monotonic() < deadline:
-        time.sleep(0.01)
-    yield proc
-    proc.kill()
-    proc.wait()
 
 
 def make_record(
