@@ -13,6 +13,8 @@ The tree::
     │   ├── BootError           the guest never reached its agent in time
     │   └── ServiceError        a host service did not start, or not become ready
     └── GuestError              something happened inside a guest
+        ├── GuestPathError      a guest path to copy from or to is missing, of the
+        │                       wrong kind or not writable (exit 2)
         ├── CommandNotFound     the command does not exist in the guest (exit 127)
         ├── CommandTimeout      the command outlived its timeout (exit 124)
         ├── GuestCrashed        the guest kernel panicked or oopsed (exit 120)
@@ -94,6 +96,13 @@ class ServiceError(InfraError):
 
 class GuestError(VmlabError):
     """Something happened inside a guest."""
+
+
+class GuestPathError(GuestError):
+    """A file copy to or from a guest met a bad guest path: missing, of the wrong
+    kind (a directory where a file is), or not writable (read-only, no space)."""
+
+    exit_code = ExitCode.USAGE
 
 
 class CommandNotFound(GuestError):

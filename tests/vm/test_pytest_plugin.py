@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from copy_trees import make_tree, snapshot, without_specials
 from vmlab.config import MachineConfig, load_lab
 from vmlab.errors import CommandNotFound, CommandTimeout, GuestCrashed, GuestError, UsageError
 from vmlab.guest.channel import Command
@@ -136,6 +137,11 @@ async def test_rpc_runs_commands_and_moves_bytes(
         back = vm.copy_from("/srv/out/r.txt", tmp_path)
         assert back == tmp_path / "r.txt"
         assert (back.read_text(), back.stat().st_mode & 0o777) == ("report\n", 0o600)
+        # whole directories, both ways; a relative guest path starts at the cwd (/)
+        tree = make_tree(tmp_path)
+        assert vm.copy_to(tree, "srv/out/") == "/srv/out/tree"
+        assert vm.copy_from("/srv/out/tree", tmp_path / "tree-back") == tmp_path / "tree-back"
+        assert snapshot(tmp_path / "tree-back") == without_specials(snapshot(tree))
 
     await asyncio.to_thread(work)
 

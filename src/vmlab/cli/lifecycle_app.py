@@ -77,6 +77,26 @@ def add_lifecycle_commands(app: typer.Typer) -> None:
             sys.exit(run_sync(lambda: lifecycle_cmd.ssh_login(lab, machine)))
         sys.exit(run_async(lifecycle_cmd.ssh_run(lab, machine, tuple(words)), on_signal=""))
 
+    @app.command("cp")
+    def cp(
+        src: Annotated[str, typer.Argument(metavar="SRC")],
+        dst: Annotated[str, typer.Argument(metavar="DST")],
+        lab: LabOption = DEFAULT_LAB,
+    ) -> None:
+        """Copy files or directories between the host and a machine that is up.
+
+        One of SRC and DST is MACHINE:PATH (a relative PATH starts at /root).
+        Directories are copied recursively; modes and times are kept.
+        """
+        from vmlab.cli import cp_cmd  # noqa: PLC0415
+
+        sys.exit(
+            run_async(
+                cp_cmd.cp(lab, src, dst),
+                on_signal="the copy was stopped; nothing half-written is left",
+            )
+        )
+
     @app.command("console")
     def console(
         machine: Annotated[str, typer.Argument(metavar="MACHINE")],

@@ -12,8 +12,10 @@ The protocol: one request, then one reply, each a JSON object on one line
     {"op": "run", "argv": [...] | "shell": "...", "env": {...}, "cwd": "...",
      "stdin": B64 | null, "timeout": 5.0}
         -> {"result": {"status": 0, "stdout": B64, "stderr": B64, "duration": 0.01}}
-    {"op": "copy_to", "src": HOST_PATH, "dst": GUEST_PATH}  -> {"result": {"path": ...}}
-    {"op": "copy_from", "src": GUEST_PATH, "dst": HOST_PATH}  -> {"result": {"path": ...}}
+    {"op": "copy_to", "src": HOST_PATH, "dst": GUEST_PATH}
+        -> {"result": {"path": GUEST_PATH, "files": 3, "bytes": 4096}}
+    {"op": "copy_from", "src": GUEST_PATH, "dst": HOST_PATH}
+        -> {"result": {"path": HOST_PATH, "files": 3, "bytes": 4096}}
     {"op": "console", "lines": 20}  -> {"result": {"path": ..., "lines": [...]}}
     {"op": "reboot"}  -> {"result": {"boot_s": 2.5}}
     {"op": "hello"}  -> {"result": {"protocol": 1}}
@@ -21,7 +23,9 @@ The protocol: one request, then one reply, each a JSON object on one line
 
 `error` names the nearest class of `vmlab.errors`, and the client raises that
 class again with the message. Host paths are absolute (the client resolves
-them in its own working directory); the server reads and writes host files
+them in its own working directory), relative guest paths start at the
+server's `cwd`. Copies (files, or directories recursively) are
+`QemuMachine.copy_to`/`copy_from`: the server reads and writes host files
 itself, so file contents never cross the socket.
 
 A client that hangs up while its command runs (a pytest process killed on
@@ -37,11 +41,11 @@ import base64
 import contextlib
 import json
 import os
+import posixpath
 import shlex
 import socket
-import stat
 import threading
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -53,12 +57,14 @@ from vmlab.errors import (
     ConfigError,
     GuestCrashed,
     GuestError,
+    GuestPathError,
     HostError,
     InfraError,
     UsageError,
     VmlabError,
 )
 from vmlab.guest.channel import Command, CommandResult
+from vmlab.guest.copying import host_absolute, host_source
 
 if TYPE_CHECKING:
     from vmlab.machine.qemu import QemuMachine
@@ -97,6 +103,7 @@ _ERRORS: dict[str, type[VmlabError]] = {
         InfraError,
         BootError,
         GuestError,
+        GuestPathError,
         CommandNotFound,
         CommandTimeout,
         GuestCrashed,
@@ -412,55 +419,20 @@ class VmRpcServer:
     async def _op_copy_to(self, request: JsonObject) -> JsonObject:
         src = _host_path(request.get("src"), "src")
         dst = _guest_path(request.get("dst"), "dst")
-        try:
-            data, mode = await asyncio.to_thread(_read_host_file, src)
-        except OSError as exc:
-            raise UsageError(f"copy_to: cannot read {src}: {exc.strerror or exc}") from None
-        # A directory (or a path ending in /) receives the file under its own name.
-        script = (
-            'd=$1; case $d in */) d=$d$3 ;; *) if [ -d "$d" ]; then d=$d/$3; fi ;; esac; '
-            'cat > "$d" && chmod "$2" "$d" && printf %s "$d"'
-        )
+        with _told_as("copy_to"):
+            host_source(src)  # a bad host path needs no machine to be told
         vm = await self._vm()
-        command = Command(
-            argv=("sh", "-c", script, "sh", dst, f"{mode:o}", src.name),
-            env=self._command_env(vm, {}),
-            cwd=self._cwd,
-        )
-        result = await vm.run(command, stdin=data)
-        if result.status != 0:
-            raise GuestError(
-                f"copy_to: cannot write {dst} in the guest: {_last_line(result.stderr)}",
-                details=result.stderr.decode("utf-8", "replace"),
-            )
-        return {"path": result.stdout.decode("utf-8", "replace"), "bytes": len(data)}
+        with _told_as("copy_to"):
+            copied = await vm.copy_to(src, posixpath.join(self._cwd or "/", dst))
+        return {"path": copied.path, "files": copied.files, "bytes": copied.bytes}
 
     async def _op_copy_from(self, request: JsonObject) -> JsonObject:
         src = _guest_path(request.get("src"), "src")
         dst = _host_path(request.get("dst"), "dst")
         vm = await self._vm()
-        command = Command(
-            argv=("sh", "-c", 'stat -c %a -- "$1" && exec cat -- "$1"', "sh", src),
-            env=self._command_env(vm, {}),
-            cwd=self._cwd,
-        )
-        result = await vm.run(command)
-        mode_line, newline, data = result.stdout.partition(b"\n")
-        if result.status != 0 or not newline:
-            raise GuestError(
-                f"copy_from: cannot read {src} in the guest: {_last_line(result.stderr)}",
-                details=result.stderr.decode("utf-8", "replace"),
-            )
-        try:
-            mode = int(mode_line, 8)
-        except ValueError:
-            mode = 0o644
-        target = dst / Path(src).name if dst.is_dir() else dst
-        try:
-            await asyncio.to_thread(_write_host_file, target, data, mode)
-        except OSError as exc:
-            raise UsageError(f"copy_from: cannot write {target}: {exc.strerror or exc}") from None
-        return {"path": str(target), "bytes": len(data)}
+        with _told_as("copy_from"):
+            copied = await vm.copy_from(posixpath.join(self._cwd or "/", src), dst)
+        return {"path": copied.path, "files": copied.files, "bytes": copied.bytes}
 
     async def _op_console(self, request: JsonObject) -> JsonObject:
         count = request.get("lines", 20)
@@ -512,6 +484,15 @@ def _string_map(value: object, what: str) -> dict[str, str]:
     return dict(value)
 
 
+@contextlib.contextmanager
+def _told_as(op: str) -> Iterator[None]:
+    """Path errors of a copy start with the request's name (`copy_to: ...`)."""
+    try:
+        yield
+    except (UsageError, GuestPathError) as exc:
+        raise type(exc)(f"{op}: {exc.message}", details=exc.details) from None
+
+
 def _host_path(value: object, what: str) -> Path:
     if not isinstance(value, str) or not os.path.isabs(value):
         raise UsageError(f"vmlab rpc: {what} must be an absolute host path")
@@ -527,20 +508,6 @@ def _guest_path(value: object, what: str) -> str:
 def _last_line(data: bytes) -> str:
     lines = [line for line in data.decode("utf-8", "replace").splitlines() if line.strip()]
     return lines[-1].strip()[:200] if lines else "(no message)"
-
-
-def _read_host_file(path: Path) -> tuple[bytes, int]:
-    with path.open("rb") as file:
-        info = os.fstat(file.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise IsADirectoryError(21, "not a regular file")
-        return file.read(), stat.S_IMODE(info.st_mode)
-
-
-def _write_host_file(path: Path, data: bytes, mode: int) -> None:
-    with path.open("wb") as file:
-        file.write(data)
-    os.chmod(path, mode)
 
 
 def _tail_file(path: Path, count: int) -> list[str]:
@@ -712,15 +679,18 @@ class VmClient:
         return result
 
     def copy_to(self, src: str | os.PathLike[str], dst: str) -> str:
-        """Copy a host file into the guest, keeping its mode; returns the guest path.
-        A `dst` that is a guest directory (or ends in /) gets the file's own name."""
-        reply = self._call("copy_to", src=os.path.abspath(src), dst=dst)
+        """Copy a host file, or a directory with everything in it, into the guest,
+        keeping modes and times; returns the guest path of the copy. A `dst` that
+        is a guest directory (or ends in /) gets it under its own name; a
+        directory onto a directory is merged (vmlab.guest.copying has the rules)."""
+        reply = self._call("copy_to", src=host_absolute(src), dst=dst)
         return str(reply["path"])
 
     def copy_from(self, src: str, dst: str | os.PathLike[str]) -> Path:
-        """Copy a guest file to the host, keeping its mode; returns the host path.
-        A `dst` that is a host directory gets the file's own name."""
-        reply = self._call("copy_from", src=src, dst=os.path.abspath(dst))
+        """Copy a guest file, or a directory with everything in it, to the host,
+        keeping modes and times; returns the host path of the copy. A `dst` that
+        is a host directory (or ends in /) gets it under its own name."""
+        reply = self._call("copy_from", src=src, dst=host_absolute(dst))
         return Path(reply["path"])
 
     def console_tail(self, n: int = 20) -> list[str]:

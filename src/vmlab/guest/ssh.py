@@ -16,14 +16,16 @@ import secrets
 import shlex
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import asyncssh
 
 from vmlab.errors import CommandNotFound, GuestError, InfraError
+from vmlab.guest import sftp_copy
 from vmlab.guest.channel import Command, CommandResult, OutputSink, Stdin
+from vmlab.guest.copying import Copied
 from vmlab.guest.serial import _once, _threaded_reader
 
 JOB_DIR = "/run/vmlab"
@@ -213,6 +215,42 @@ class SshChannel:
 
     async def ping(self, *, timeout: float) -> None:
         await self._side("true", timeout=timeout)
+
+    # -- file copies (SFTP; the rules are in vmlab.guest.copying) ---------------
+
+    @property
+    def sftp_ok(self) -> bool:
+        """Whether copies can go over SFTP, which acts as the login user: only
+        when that is root (a sudo login would copy with the user's rights)."""
+        return not self._sudo
+
+    async def copy_to(self, src: Path, dst: str) -> Copied:
+        """Copy the host file or directory `src` to the absolute guest path `dst`."""
+        async with self._sftp() as sftp:
+            return await sftp_copy.upload(sftp, src, dst)
+
+    async def copy_from(self, src: str, dst: str) -> Copied:
+        """Copy the absolute guest path `src` to the absolute host path `dst`."""
+        async with self._sftp() as sftp:
+            return await sftp_copy.download(sftp, src, dst)
+
+    @contextlib.asynccontextmanager
+    async def _sftp(self) -> AsyncIterator[asyncssh.SFTPClient]:
+        """An SFTP session of its own on the connection, for one copy."""
+        if self._closed:
+            raise InfraError("the guest channel is closed")
+        try:
+            sftp = await self._conn.start_sftp_client()
+        except (OSError, asyncssh.Error) as exc:
+            raise InfraError(f"the guest's sshd refused an SFTP session: {exc}") from exc
+        try:
+            yield sftp
+        except (OSError, asyncssh.Error) as exc:  # the connection, not a path
+            raise InfraError(f"the SFTP session to the guest broke: {exc}") from exc
+        finally:
+            sftp.exit()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(sftp.wait_closed(), 5)
 
     async def close(self) -> None:
         self._closed = True

@@ -39,6 +39,7 @@ from vmlab.errors import (
     UsageError,
 )
 from vmlab.guest.channel import Command, CommandResult, MachineChannel, OutputSink, Stdin
+from vmlab.guest.copying import Copied, CopyingChannel, guest_absolute, host_absolute
 from vmlab.guest.serial import VirtioSerialChannel
 from vmlab.machine.initramfs import build_initramfs
 from vmlab.machine.kernel import BootableKernel, bootable, find_default_kernel, inspect_kernel
@@ -581,6 +582,58 @@ class QemuMachine:
                     task.cancel()
                 with contextlib.suppress(BaseException):
                     await task  # retrieve its outcome: the VM's fate already explains it
+
+    # -- file copies (the rules: vmlab.guest.copying) -----------------------------
+
+    async def copy_to(
+        self, src: str | os.PathLike[str], dst: str, *, timeout: float | None = None
+    ) -> Copied:
+        """Copy a host file, or a directory with everything in it, into the guest.
+
+        A `dst` that is a directory, or ends in `/`, receives it under its own
+        name; a directory onto a directory is merged. Modes and times are kept;
+        nothing half-written is ever left. A relative `dst` starts at /. Over
+        SFTP where the channel is SSH, else a tar stream through `run()`. Raises
+        UsageError for a bad host path, GuestPathError for a bad guest one,
+        CommandTimeout past `timeout`. Returns where the copy is in the guest.
+        """
+        channel = self._copy_channel()
+        target = guest_absolute(dst)
+        if channel is None:
+            from vmlab.guest import tar_copy  # noqa: PLC0415 (tarfile: only when copying)
+
+            return await tar_copy.copy_to(self.run, Path(src), target, timeout=timeout)
+        return await self._copying(channel.copy_to(Path(src), target), timeout, f"{src} {dst}")
+
+    async def copy_from(
+        self, src: str, dst: str | os.PathLike[str], *, timeout: float | None = None
+    ) -> Copied:
+        """Copy a guest file, or a directory with everything in it, to the host;
+        the mirror of `copy_to` (a relative `src` starts at /, a relative `dst` in
+        the current directory). Returns where the copy is on the host."""
+        channel = self._copy_channel()
+        source, target = guest_absolute(src), host_absolute(dst)
+        if channel is None:
+            from vmlab.guest import tar_copy  # noqa: PLC0415
+
+            return await tar_copy.copy_from(self.run, source, target, timeout=timeout)
+        return await self._copying(channel.copy_from(source, target), timeout, f"{src} {dst}")
+
+    def _copy_channel(self) -> CopyingChannel | None:
+        """The channel when it copies by itself (SFTP), None for `run()` and tar."""
+        if self.state is not MachineState.RUNNING or self.channel is None:
+            raise InfraError(f"machine {self.spec.name} is not running ({self.state.value})")
+        channel = self.channel
+        return channel if isinstance(channel, CopyingChannel) and channel.sftp_ok else None
+
+    async def _copying(self, work: Awaitable[Copied], timeout: float | None, what: str) -> Copied:
+        """A copy raced against the VM's death (then raise why) and `timeout`."""
+        try:
+            return await self._guard(work, timeout=timeout)
+        except TimeoutError:
+            if timeout is None:  # not ours
+                raise
+            raise CommandTimeout(f"copy timed out after {timeout:g} s: {what}") from None
 
     async def _watch_for_hang(self, channel: MachineChannel, console: Console) -> str:
         """Return why the guest counts as hung: a lockup report on the console,

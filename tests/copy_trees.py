@@ -1,0 +1,84 @@
+"""A directory tree with every kind of entry a copy must handle, and a snapshot
+of a tree to compare copies by (shared by the copy tests in unit/, vm/ and
+image/; tests/ is on sys.path).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from pathlib import Path
+
+OLD = 1_500_000_000  # a fixed mtime (2017), far from "now"
+BINARY = bytes(range(256)) * 1200 + b"\n\x00\r\nend"
+
+
+def make_tree(parent: Path, name: str = "tree") -> Path:
+    """parent/name: files of several modes (setuid too), binary and empty ones,
+    a hidden one, a name with spaces and quotes, nested and empty directories,
+    a read-only directory, relative and absolute symlinks, and a FIFO (which
+    copies skip). Every file and directory has the mtime OLD."""
+    root = parent / name
+    files = {
+        "bin.dat": (BINARY, 0o640),
+        "run.sh": (b"#!/bin/sh\necho ran\n", 0o755),
+        "empty": (b"", 0o600),
+        ".hidden": (b"hidden\n", 0o644),
+        "it's a name with spaces": (b"spaces\n", 0o644),
+        "suid": (b"x", 0o4755),
+        "sub/deep/f.txt": (b"deep\n", 0o644),
+        "ro/r.txt": (b"read-only\n", 0o444),
+    }
+    for relative, (data, mode) in files.items():
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        path.chmod(mode)
+    (root / "emptydir").mkdir()
+    os.symlink("../bin.dat", root / "sub" / "link")
+    os.symlink("/etc/hostname", root / "sub" / "abs")
+    os.mkfifo(root / "pipe")
+    modes = {"": 0o755, "sub": 0o750, "sub/deep": 0o700, "emptydir": 0o775, "ro": 0o555}
+    for directory, mode in modes.items():
+        (root / directory).chmod(mode)
+    for path in sorted(root.rglob("*"), key=lambda p: -len(p.parts)):
+        if not path.is_symlink() and not stat.S_ISFIFO(path.lstat().st_mode):
+            os.utime(path, (OLD, OLD))
+    os.utime(root, (OLD, OLD))
+    return root
+
+
+def snapshot(root: Path, *, times: bool = True) -> dict[str, tuple[object, ...]]:
+    """Every entry below `root` (and `root` itself as "."): kind, mode, content
+    digest or link target, and (with `times`) the mtime in whole seconds."""
+    entries: dict[str, tuple[object, ...]] = {}
+    for directory, names, files in os.walk(root):
+        for name in [".", *names, *files]:
+            path = Path(directory) / name
+            if name == "." and Path(directory) != root:
+                continue
+            info = path.lstat()
+            when = (int(info.st_mtime),) if times else ()
+            relative = os.path.relpath(path, root)
+            mode = stat.S_IMODE(info.st_mode)
+            if stat.S_ISLNK(info.st_mode):
+                entries[relative] = ("link", os.readlink(path))
+            elif stat.S_ISDIR(info.st_mode):
+                entries[relative] = ("dir", oct(mode), *when)
+            elif stat.S_ISREG(info.st_mode):
+                digest = hashlib.sha256(path.read_bytes()).hexdigest()
+                entries[relative] = ("file", oct(mode), digest, *when)
+            else:
+                entries[relative] = ("special", oct(mode))
+    return entries
+
+
+def without_specials(entries: dict[str, tuple[object, ...]]) -> dict[str, tuple[object, ...]]:
+    """What a copy of a tree with `entries` holds: special files are skipped."""
+    return {name: entry for name, entry in entries.items() if entry[0] != "special"}
+
+
+def staging_leftovers(*roots: Path) -> list[Path]:
+    """Any `.vmlab-cp-*` staging directory under `roots`."""
+    return [path for root in roots for path in root.rglob(".vmlab-cp-*")]

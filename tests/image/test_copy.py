@@ -1,0 +1,177 @@
+"""`QemuMachine.copy_to/copy_from` on a real disk-image machine: the same API as
+on host-root machines (tests/vm/test_copy.py), over SFTP on the machine's SSH
+connection (OpenSSH's sftp-server in the guest). One boot for the module.
+
+It checks whole trees both ways (modes, times, symlinks, binary content, a
+merge), an 8 MiB file (timed against the tar stream through SSH commands, the
+host-root transport, on the same machine: printed, never asserted), and the
+one-line errors of bad paths, a full disk and a read-only one, with nothing
+half-written left behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from copy_trees import OLD, make_tree, snapshot, staging_leftovers, without_specials
+from vmlab.errors import GuestPathError, UsageError, VmlabError
+from vmlab.guest import tar_copy
+from vmlab.guest.channel import Command
+from vmlab.guest.copying import Copied
+from vmlab.guest.ssh import SshChannel
+from vmlab.machine.image_build import BuiltImage
+from vmlab.machine.image_machine import ImageMachine
+from vmlab.machine.spec import Accel, DiskSpec, MachineSpec
+
+from .images import TEST_IMAGE_SPEC
+
+pytestmark = [pytest.mark.vm, pytest.mark.timeout(900)]
+
+BIG = 8 << 20
+
+
+@pytest.fixture(scope="module")
+def lab_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("copylab")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def vm(built_image: BuiltImage, lab_dir: Path) -> AsyncIterator[ImageMachine]:
+    assert built_image.base.exists()
+    spec = MachineSpec(
+        name="copytest",
+        memory_mib=512,
+        accel=Accel.TCG,
+        disk=DiskSpec(image=TEST_IMAGE_SPEC, lab_dir=lab_dir),
+    )
+    machine = ImageMachine(spec, console_log=lab_dir / "console.log")
+    async with machine:
+        yield machine
+    assert machine.pid is None and machine.runtime_dir is None  # nothing of it is left
+
+
+async def out(vm: ImageMachine, script: str) -> str:
+    result = await vm.run(Command(argv=("sh", "-c", script), env={"PATH": "/usr/bin:/bin"}))
+    assert result.status == 0, result.stderr
+    return result.stdout.decode()
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_trees_go_both_ways_over_sftp(vm: ImageMachine, tmp_path: Path) -> None:
+    assert isinstance(vm.channel, SshChannel) and vm.channel.sftp_ok  # SFTP, not tar
+    tree = make_tree(tmp_path)
+    copied = await vm.copy_to(tree, "/root/")
+    assert (copied.path, copied.files) == ("/root/tree", 8)
+    listing = await out(vm, "cd /root/tree && stat -c '%n %a %U %Y' run.sh suid ro sub/deep")
+    assert listing.split("\n")[:-1] == [
+        f"run.sh 755 root {OLD}", f"suid 4755 root {OLD}", f"ro 555 root {OLD}",
+        f"sub/deep 700 root {OLD}",
+    ]  # fmt: skip
+    assert await out(vm, "readlink /root/tree/sub/link; test -e /root/tree/pipe || echo no") == (
+        "../bin.dat\nno\n"
+    )
+    assert await out(vm, "/root/tree/run.sh") == "ran\n"
+
+    back = await vm.copy_from("/root/tree", tmp_path / "back")
+    assert (back.path, back.files) == (str(tmp_path / "back"), 8)
+    assert snapshot(tmp_path / "back") == without_specials(snapshot(tree))
+
+    await out(vm, "echo mine > /root/tree/sub/mine; echo old > /root/tree/run.sh")
+    await vm.copy_to(tree, "/root")  # merged into the existing tree
+    merged = await out(vm, "cat /root/tree/sub/mine /root/tree/run.sh")
+    assert merged == "mine\n#!/bin/sh\necho ran\n"
+    assert await out(vm, "find /root -name '.vmlab-cp-*'") == ""
+    assert staging_leftovers(tmp_path) == []
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_8_mib_both_ways_over_sftp_and_through_ssh_commands(
+    vm: ImageMachine, tmp_path: Path
+) -> None:
+    data = os.urandom(BIG)
+    (tmp_path / "big.bin").write_bytes(data)
+    (tmp_path / "sftp").mkdir()
+    (tmp_path / "tar").mkdir()
+    digest = hashlib.sha256(data).hexdigest() + "  -\n"
+    timings = {}
+    for way in ("sftp", "tar"):
+        started = time.monotonic()
+        if way == "sftp":
+            up = await vm.copy_to(tmp_path / "big.bin", f"/root/{way}.bin")
+        else:
+            up = await tar_copy.copy_to(vm.run, tmp_path / "big.bin", f"/root/{way}.bin")
+        middle = time.monotonic()
+        assert up.bytes == BIG
+        assert await out(vm, f"sha256sum < /root/{way}.bin") == digest
+        middle_end = time.monotonic()
+        if way == "sftp":
+            down = await vm.copy_from(f"/root/{way}.bin", tmp_path / way)
+        else:
+            down = await tar_copy.copy_from(vm.run, f"/root/{way}.bin", f"{tmp_path / way}/")
+        timings[way] = (middle - started, time.monotonic() - middle_end)
+        assert down.path == str(tmp_path / way / f"{way}.bin")
+        assert (tmp_path / way / f"{way}.bin").read_bytes() == data
+    for way, (to, back) in timings.items():
+        print(f"8 MiB {way} on a disk-image machine: to the guest {to:.2f}s, back {back:.2f}s")
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_bad_paths_are_one_line_errors_and_leave_nothing_half_written(
+    vm: ImageMachine, tmp_path: Path
+) -> None:
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(2 << 20))
+    await out(
+        vm,
+        "mkdir -p /mnt/full /mnt/ro && mount -t tmpfs -o size=1m tmpfs /mnt/full"
+        " && mount -t tmpfs -o ro tmpfs /mnt/ro && echo keep > /mnt/full/big.bin",
+    )
+    cases: list[tuple[Callable[[], Awaitable[Copied]], type[VmlabError], str]] = [
+        (lambda: vm.copy_to(tmp_path / "nope", "/root/"), UsageError, r"read .*/nope: No such"),
+        (
+            lambda: vm.copy_to(big, "/mnt/full/big.bin"),
+            GuestPathError,
+            "cannot write /mnt/full/big.bin in the guest: No space left on device",
+        ),
+        (
+            lambda: vm.copy_to(big, "/mnt/ro/"),
+            GuestPathError,
+            "cannot write /mnt/ro/ in the guest: Read-only file system",
+        ),
+        (
+            lambda: vm.copy_to(big, "/proc/nope/f"),
+            GuestPathError,
+            "cannot write /proc/nope/f in the guest: no such directory /proc/nope",
+        ),
+        (
+            lambda: vm.copy_from("/nowhere", tmp_path),
+            GuestPathError,
+            "cannot read /nowhere in the guest: No such file or directory",
+        ),
+        (
+            lambda: vm.copy_from("/dev/null", tmp_path),
+            GuestPathError,
+            "cannot read /dev/null in the guest: not a regular file or directory",
+        ),
+        (
+            lambda: vm.copy_from("/etc/hostname", tmp_path / "no" / "dir" / "x"),
+            UsageError,
+            f"cannot write {tmp_path}/no/dir/x: no such directory {tmp_path}/no/dir",
+        ),
+    ]
+    for work, kind, message in cases:
+        with pytest.raises(kind, match=message) as raised:
+            await work()
+        assert "\n" not in raised.value.message
+    assert await out(vm, "cat /mnt/full/big.bin") == "keep\n"  # the old file, whole
+    leftovers = "find /root /mnt -name '.vmlab-cp-*'; ls -A /mnt/full /mnt/ro"
+    assert await out(vm, leftovers) == "/mnt/full:\nbig.bin\n\n/mnt/ro:\n"
+    assert (await vm.copy_to(tmp_path / "big.bin", "/root/")).path == "/root/big.bin"  # still fine
+    assert staging_leftovers(tmp_path) == []

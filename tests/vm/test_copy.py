@@ -1,0 +1,160 @@
+"""`QemuMachine.copy_to/copy_from` on real host-root guests: files and whole trees
+both ways through the virtio-serial command channel (a tar stream), with modes,
+times and binary content intact, an 8 MiB file, and one-line errors that leave
+nothing half-written, even when the guest's disk fills up mid-copy.
+
+The guest sees the host's root read-only, so its copies go to its own /tmp and
+mounts; copies back land in the test's tmp_path. The same API over SFTP on a
+disk-image machine is tests/image/test_copy.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from copy_trees import OLD, make_tree, snapshot, staging_leftovers, without_specials
+from vmlab.errors import GuestPathError, UsageError, VmlabError
+from vmlab.guest.channel import Command
+from vmlab.guest.copying import Copied
+from vmlab.machine.qemu import QemuMachine
+from vmlab.machine.spec import Accel, MachineSpec
+
+pytestmark = [pytest.mark.vm]
+
+PATH = "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
+BIG = 8 << 20
+
+
+def sh(script: str) -> Command:
+    return Command(argv=("sh", "-c", script), env={"PATH": PATH})
+
+
+async def out(vm: QemuMachine, script: str) -> str:
+    result = await vm.run(sh(script))
+    assert result.status == 0, result.stderr
+    return result.stdout.decode()
+
+
+def spec(name: str) -> MachineSpec:
+    return MachineSpec(accel=Accel.TCG, name=name, memory_mib=512)
+
+
+@pytest.mark.timeout(300)
+async def test_files_and_trees_go_both_ways_whole(tmp_path: Path) -> None:
+    tree = make_tree(tmp_path)
+    expected = without_specials(snapshot(tree))
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(BIG))
+    (tmp_path / "down").mkdir()
+    async with QemuMachine(spec("copy")) as vm:
+        # a tree into a directory, and what the guest itself sees of it
+        copied = await vm.copy_to(tree, "/tmp/")
+        assert (copied.path, copied.files) == ("/tmp/tree", 8)
+        listing = await out(vm, "cd /tmp/tree && stat -c '%n %a %U %Y' run.sh suid ro sub/deep")
+        assert listing.split("\n")[:-1] == [
+            f"run.sh 755 root {OLD}", f"suid 4755 root {OLD}", f"ro 555 root {OLD}",
+            f"sub/deep 700 root {OLD}",
+        ]  # fmt: skip
+        links = "readlink /tmp/tree/sub/link; test -e /tmp/tree/pipe || echo no-pipe"
+        assert await out(vm, links) == "../bin.dat\nno-pipe\n"
+        assert await out(vm, "/tmp/tree/run.sh") == "ran\n"
+        assert await out(vm, "sha256sum < /tmp/tree/bin.dat") == (
+            hashlib.sha256((tree / "bin.dat").read_bytes()).hexdigest() + "  -\n"
+        )
+
+        # back to the host under a new name: the same tree, modes and times included
+        back = await vm.copy_from("/tmp/tree", tmp_path / "back")
+        assert back.path == str(tmp_path / "back") and back.files == 8
+        assert snapshot(tmp_path / "back") == expected
+
+        # a merge: the guest's own files stay, copied ones are replaced
+        await out(vm, "echo mine > /tmp/tree/sub/mine; echo old > /tmp/tree/run.sh")
+        await vm.copy_to(tree, "/tmp")
+        assert (
+            await out(vm, "cat /tmp/tree/sub/mine /tmp/tree/run.sh")
+            == "mine\n#!/bin/sh\necho ran\n"
+        )
+
+        # a relative guest path starts at /; a file into a directory takes its name
+        await out(vm, "mkdir -p /srv/in")
+        assert (await vm.copy_to(tree / "empty", "srv/in")).path == "/srv/in/empty"
+
+        # 8 MiB both ways
+        started = time.monotonic()
+        assert (await vm.copy_to(big, "/tmp/big.bin")).bytes == BIG
+        up = time.monotonic() - started
+        assert await out(vm, "sha256sum < /tmp/big.bin") == (
+            hashlib.sha256(big.read_bytes()).hexdigest() + "  -\n"
+        )
+        started = time.monotonic()
+        again = await vm.copy_from("/tmp/big.bin", f"{tmp_path}/down/")
+        down = time.monotonic() - started
+        assert again.path == str(tmp_path / "down" / "big.bin")
+        assert (tmp_path / "down" / "big.bin").read_bytes() == big.read_bytes()
+        print(f"8 MiB over the serial channel (tar): to the guest {up:.2f}s, back {down:.2f}s")
+        assert await out(vm, "ls -A /tmp /srv/in | grep -c vmlab-cp || true") == "0\n"
+    assert staging_leftovers(tmp_path) == []
+
+
+@pytest.mark.timeout(300)
+async def test_bad_paths_are_one_line_errors_and_leave_nothing_half_written(
+    tmp_path: Path,
+) -> None:
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(2 << 20))
+    (tmp_path / "small").write_text("small\n")
+    async with QemuMachine(spec("copyerr")) as vm:
+        await out(
+            vm,
+            "mkdir -p /mnt/full /mnt/ro /tmp/d/x && mount -t tmpfs -o size=1m tmpfs /mnt/full"
+            " && mount -t tmpfs -o ro tmpfs /mnt/ro && echo keep > /mnt/full/big.bin",
+        )
+        cases: list[tuple[Callable[[], Awaitable[Copied]], type[VmlabError], str]] = [
+            (lambda: vm.copy_to(tmp_path / "nope", "/tmp/"), UsageError, r"read .*/nope: No such"),
+            (
+                lambda: vm.copy_to(big, "/mnt/full/big.bin"),
+                GuestPathError,
+                "cannot write /mnt/full/big.bin in the guest: No space left on device",
+            ),
+            (
+                lambda: vm.copy_to(big, "/mnt/ro/"),
+                GuestPathError,
+                "cannot write /mnt/ro/ in the guest: Read-only file system",
+            ),
+            (
+                lambda: vm.copy_to(big, "/proc/nope/f"),
+                GuestPathError,
+                "cannot write /proc/nope/f in the guest: no such directory /proc/nope",
+            ),
+            (
+                lambda: vm.copy_from("/nowhere", tmp_path),
+                GuestPathError,
+                "cannot read /nowhere in the guest: No such file or directory",
+            ),
+            (
+                lambda: vm.copy_from("/dev/null", tmp_path),
+                GuestPathError,
+                "cannot read /dev/null in the guest: not a regular file or directory",
+            ),
+            (
+                lambda: vm.copy_from("/etc/hostname", tmp_path / "no" / "dir" / "x"),
+                UsageError,
+                f"cannot write {tmp_path}/no/dir/x: no such directory {tmp_path}/no/dir",
+            ),
+        ]
+        for work, kind, message in cases:
+            with pytest.raises(kind, match=message) as raised:
+                await work()
+            assert "\n" not in raised.value.message
+        # the full disk kept its old file whole, and no copy left a staging directory
+        assert await out(vm, "cat /mnt/full/big.bin") == "keep\n"
+        leftovers = "find /tmp /mnt -name '.vmlab-cp-*'; ls -A /mnt/full /mnt/ro"
+        assert await out(vm, leftovers) == "/mnt/full:\nbig.bin\n\n/mnt/ro:\n"
+        assert vm.state.value == "running"  # errors did not break the machine
+    assert staging_leftovers(tmp_path) == []
