@@ -8,7 +8,15 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+
+import pytest
+
+from vmlab.errors import GuestPathError, UsageError, VmlabError
+from vmlab.guest.channel import Command
+from vmlab.guest.copying import Copied
+from vmlab.machine.qemu import QemuMachine
 
 OLD = 1_500_000_000  # a fixed mtime (2017), far from "now"
 BINARY = bytes(range(256)) * 1200 + b"\n\x00\r\nend"
@@ -82,3 +90,63 @@ def without_specials(entries: dict[str, tuple[object, ...]]) -> dict[str, tuple[
 def staging_leftovers(*roots: Path) -> list[Path]:
     """Any `.vmlab-cp-*` staging directory under `roots`."""
     return [path for root in roots for path in root.rglob(".vmlab-cp-*")]
+
+
+async def check_bad_paths(vm: QemuMachine, tmp_path: Path, home: str) -> None:
+    """Bad paths both ways, on a running machine: each is a one-line error of
+    the right kind, a full disk keeps the old file whole, and no copy leaves a
+    staging directory (`home`: a writable guest directory)."""
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(2 << 20))
+    await _out(
+        vm,
+        "mkdir -p /mnt/full /mnt/ro && mount -t tmpfs -o size=1m tmpfs /mnt/full"
+        " && mount -t tmpfs -o ro tmpfs /mnt/ro && echo keep > /mnt/full/big.bin",
+    )
+    cases: list[tuple[Callable[[], Awaitable[Copied]], type[VmlabError], str]] = [
+        (lambda: vm.copy_to(tmp_path / "nope", f"{home}/"), UsageError, r"read .*/nope: No such"),
+        (
+            lambda: vm.copy_to(big, "/mnt/full/big.bin"),
+            GuestPathError,
+            "cannot write /mnt/full/big.bin in the guest: No space left on device",
+        ),
+        (
+            lambda: vm.copy_to(big, "/mnt/ro/"),
+            GuestPathError,
+            "cannot write /mnt/ro/ in the guest: Read-only file system",
+        ),
+        (
+            lambda: vm.copy_to(big, "/proc/nope/f"),
+            GuestPathError,
+            "cannot write /proc/nope/f in the guest: no such directory /proc/nope",
+        ),
+        (
+            lambda: vm.copy_from("/nowhere", tmp_path),
+            GuestPathError,
+            "cannot read /nowhere in the guest: No such file or directory",
+        ),
+        (
+            lambda: vm.copy_from("/dev/null", tmp_path),
+            GuestPathError,
+            "cannot read /dev/null in the guest: not a regular file or directory",
+        ),
+        (
+            lambda: vm.copy_from("/etc/hostname", tmp_path / "no" / "dir" / "x"),
+            UsageError,
+            f"cannot write {tmp_path}/no/dir/x: no such directory {tmp_path}/no/dir",
+        ),
+    ]
+    for work, kind, message in cases:
+        with pytest.raises(kind, match=message) as raised:
+            await work()
+        assert "\n" not in raised.value.message
+    assert await _out(vm, "cat /mnt/full/big.bin") == "keep\n"  # the old file, whole
+    leftovers = f"find {home} /mnt -name '.vmlab-cp-*'; ls -A /mnt/full /mnt/ro"
+    assert await _out(vm, leftovers) == "/mnt/full:\nbig.bin\n\n/mnt/ro:\n"
+
+
+async def _out(vm: QemuMachine, script: str) -> str:
+    command = Command(argv=("sh", "-c", script), env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+    result = await vm.run(command)
+    assert result.status == 0, result.stderr
+    return result.stdout.decode()

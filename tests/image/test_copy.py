@@ -14,17 +14,22 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
-from copy_trees import OLD, make_tree, snapshot, staging_leftovers, without_specials
-from vmlab.errors import GuestPathError, UsageError, VmlabError
+from copy_trees import (
+    OLD,
+    check_bad_paths,
+    make_tree,
+    snapshot,
+    staging_leftovers,
+    without_specials,
+)
 from vmlab.guest import tar_copy
 from vmlab.guest.channel import Command
-from vmlab.guest.copying import Copied
 from vmlab.guest.ssh import SshChannel
 from vmlab.machine.image_build import BuiltImage
 from vmlab.machine.image_machine import ImageMachine
@@ -126,52 +131,6 @@ async def test_8_mib_both_ways_over_sftp_and_through_ssh_commands(
 async def test_bad_paths_are_one_line_errors_and_leave_nothing_half_written(
     vm: ImageMachine, tmp_path: Path
 ) -> None:
-    big = tmp_path / "big.bin"
-    big.write_bytes(os.urandom(2 << 20))
-    await out(
-        vm,
-        "mkdir -p /mnt/full /mnt/ro && mount -t tmpfs -o size=1m tmpfs /mnt/full"
-        " && mount -t tmpfs -o ro tmpfs /mnt/ro && echo keep > /mnt/full/big.bin",
-    )
-    cases: list[tuple[Callable[[], Awaitable[Copied]], type[VmlabError], str]] = [
-        (lambda: vm.copy_to(tmp_path / "nope", "/root/"), UsageError, r"read .*/nope: No such"),
-        (
-            lambda: vm.copy_to(big, "/mnt/full/big.bin"),
-            GuestPathError,
-            "cannot write /mnt/full/big.bin in the guest: No space left on device",
-        ),
-        (
-            lambda: vm.copy_to(big, "/mnt/ro/"),
-            GuestPathError,
-            "cannot write /mnt/ro/ in the guest: Read-only file system",
-        ),
-        (
-            lambda: vm.copy_to(big, "/proc/nope/f"),
-            GuestPathError,
-            "cannot write /proc/nope/f in the guest: no such directory /proc/nope",
-        ),
-        (
-            lambda: vm.copy_from("/nowhere", tmp_path),
-            GuestPathError,
-            "cannot read /nowhere in the guest: No such file or directory",
-        ),
-        (
-            lambda: vm.copy_from("/dev/null", tmp_path),
-            GuestPathError,
-            "cannot read /dev/null in the guest: not a regular file or directory",
-        ),
-        (
-            lambda: vm.copy_from("/etc/hostname", tmp_path / "no" / "dir" / "x"),
-            UsageError,
-            f"cannot write {tmp_path}/no/dir/x: no such directory {tmp_path}/no/dir",
-        ),
-    ]
-    for work, kind, message in cases:
-        with pytest.raises(kind, match=message) as raised:
-            await work()
-        assert "\n" not in raised.value.message
-    assert await out(vm, "cat /mnt/full/big.bin") == "keep\n"  # the old file, whole
-    leftovers = "find /root /mnt -name '.vmlab-cp-*'; ls -A /mnt/full /mnt/ro"
-    assert await out(vm, leftovers) == "/mnt/full:\nbig.bin\n\n/mnt/ro:\n"
+    await check_bad_paths(vm, tmp_path, "/root")
     assert (await vm.copy_to(tmp_path / "big.bin", "/root/")).path == "/root/big.bin"  # still fine
     assert staging_leftovers(tmp_path) == []

@@ -1,6 +1,6 @@
-"""The commands of machines that stay up: up, status, ssh, console, down, clean,
-inventory. `vmlab --help` imports this module, so it stays light; the work is
-in lifecycle_cmd, imported when a command runs."""
+"""The commands of machines that stay up: up, status, ssh, cp, console, down,
+clean, inventory. `vmlab --help` imports this module, so it stays light; the
+work is in lifecycle_cmd (and cp_cmd), imported when a command runs."""
 
 from __future__ import annotations
 

@@ -4,9 +4,11 @@ machines that stay running between vmlab commands.
 `vmlab up` boots a lab's disk-image machines (concurrently), sets them up as
 `vmlab test` would (the lab copied in, modules_load, setup, a snapshot), and
 leaves QEMU running in the background; `vmlab test` then uses them instead of
-booting its own, and `vmlab down` stops them. What is up is known from the
-lab's `.vmlab/machines/` only (vmlab.machine.records), so labs in different
-directories never see each other's machines.
+booting its own, and `vmlab down` stops them. The switches of their private
+networks stay up with them (vmlab.net.lab_switches). What is up is known from
+the lab's `.vmlab/machines/` and `.vmlab/networks/` only
+(vmlab.machine.records), so labs in different directories never see each
+other's machines.
 """
 
 from __future__ import annotations
