@@ -9,6 +9,9 @@ packages=(
   postgresql
   genisoimage  # tests only: isoinfo reads back vmlab's cloud-init seed ISOs
   mmdebstrap e2fsprogs  # vmlab image build: the root filesystem, mkfs.ext4 -d (and debugfs)
+  # tests only: the cloud image a user brings, made without mounts (tests/image/brought_image.py):
+  # its MBR table (sfdisk), FAT boot partition (mkfs.vfat, mtools), bootloader (syslinux)
+  fdisk dosfstools mtools syslinux
 )
 
 # A kernel with modules for the guests: the newest /boot/vmlinuz-* whose modules exist.

@@ -72,6 +72,7 @@ def test_vmlab_alone_adds_its_user_key_and_marker_and_nothing_that_fetches() -> 
         "ssh_authorized_keys": [KEY],  # root's too, with disable_root false
         "disable_root": False,
         "ssh_pwauth": False,
+        "locale": False,  # cloud-init's en_US.UTF-8 is not generated in Debian images
         "manage_etc_hosts": "localhost",  # the guest's own name resolves
         "final_message": "VMLAB-READY tok123",
     }

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 import socket
 import subprocess
 import tarfile
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+import vmlab.guest
 from vmlab.errors import BootError, UsageError
 from vmlab.guest.channel import Command, User
 from vmlab.guest.ssh import ssh_script
@@ -29,6 +31,7 @@ from vmlab.machine.image_machine import (
 from vmlab.machine.kernel import BootableKernel, Kernel, KernelFormat
 from vmlab.machine.lab_keys import LabKey, lab_key
 from vmlab.machine.spec import Accel, DiskSpec, MachineSpec
+from vmlab.watch.console import Console
 
 
 def _spec(tmp_path: Path, **disk: object) -> MachineSpec:
@@ -39,7 +42,7 @@ def _spec(tmp_path: Path, **disk: object) -> MachineSpec:
     )
 
 
-def _boot(tmp_path: Path, *, kernel: bool = True) -> DiskBoot:
+def _boot(tmp_path: Path, *, kernel: bool = True, modules_disk: Path | None = None) -> DiskBoot:
     key = LabKey(tmp_path / "id", "ssh-ed25519 AAAA test")
     vmlinux = tmp_path / "vmlinux"
     bootable = BootableKernel(
@@ -53,6 +56,7 @@ def _boot(tmp_path: Path, *, kernel: bool = True) -> DiskBoot:
         Accel.TCG,
         None,
         key,
+        modules_disk,
     )
 
 
@@ -92,6 +96,50 @@ def test_internet_lifts_the_restriction_and_firmware_boot_has_no_kernel(tmp_path
     )
     assert "restrict=on" not in " ".join(argv)
     assert "-kernel" not in argv and "-append" not in argv
+
+
+def test_the_host_kernels_modules_come_on_a_readonly_disk_the_initramfs_finds(
+    tmp_path: Path,
+) -> None:
+    disk = tmp_path / "modules.ext4"
+    argv = build_image_argv(
+        "qemu", _boot(tmp_path, modules_disk=disk), _spec(tmp_path), tmp_path, 1, tmp_path / "l"
+    )
+    drives = _value(argv, "-drive")
+    assert len(drives) == 3
+    assert drives[2].startswith(f"file={disk},") and "readonly=on" in drives[2]
+    assert "format=raw" in drives[2]  # read-only raw: savevm leaves it out
+    assert "virtio-blk-pci,drive=modules,serial=vmlab-modules" in _value(argv, "-device")
+    init = (Path(vmlab.guest.__file__).parent / "image_init.sh").read_text()
+    assert "= vmlab-modules ]" in init  # the serial image_init.sh looks for
+    plain = build_image_argv("qemu", _boot(tmp_path), _spec(tmp_path), tmp_path, 1, tmp_path / "l")
+    assert len(_value(plain, "-drive")) == 2
+
+
+async def test_a_seed_cloud_init_did_not_find_is_named_in_the_boot_error(tmp_path: Path) -> None:
+    vm = ImageMachine(_spec(tmp_path))
+    vm._death = asyncio.get_running_loop().create_future()
+    vm.console = Console(tmp_path / "console.log", record=False)
+    for line in (
+        "[   20.1] systemd[1]: Starting cloud-init.service",
+        "[   34.4] cloud-init[337]: Cloud-init v. 22.4.2 finished. Datasource DataSourceNone.",
+        "[   34.5] cloud-init[337]: cc_final_message.py[WARNING]: Used fallback datasource",
+        "vmlab login:",
+    ):
+        vm.console.feed(line.encode() + b"\n")
+    ready = re.compile("VMLAB-READY x")
+    with pytest.raises(BootError, match="cloud-init did not find vmlab's NoCloud seed"):
+        await vm._wait_ready(ready, "VMLAB-READY x", 0.2)
+
+
+async def test_a_brought_image_silent_on_the_serial_console_is_told_to_add_it(
+    tmp_path: Path,
+) -> None:
+    vm = ImageMachine(_spec(tmp_path), disk_boot=_boot(tmp_path, kernel=False))
+    vm._death = asyncio.get_running_loop().create_future()
+    vm.console = Console(tmp_path / "console.log", record=False)
+    with pytest.raises(BootError, match=r"printed nothing .*needs console=ttyS0"):
+        await vm._wait_ready(re.compile("VMLAB-READY x"), "VMLAB-READY x", 0.2)
 
 
 def test_cmdline_names_the_root_and_keeps_the_crash_options(tmp_path: Path) -> None:

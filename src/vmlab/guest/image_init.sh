@@ -2,10 +2,11 @@
 # vmlab guest init for disk-image machines: PID 1 of their tiny initramfs.
 #
 # Loads the modules listed in /modules.order (virtio PCI and block, ext4, the
-# console ports), mounts the image's root filesystem (vmlab.root=, default
-# /dev/vda) and hands over to the image's own init (systemd). It replaces the
-# distribution's initrd, which costs seconds of udev under TCG. Anything that
-# goes wrong prints one `vmlab-init: ...` line on the console and powers off.
+# NIC), mounts the image's root filesystem (vmlab.root=, default /dev/vda) and
+# the kernel's modules disk if there is one (kernel = "host"), and hands over
+# to the image's own init (systemd). It replaces the distribution's initrd,
+# which costs seconds of udev under TCG. Anything that goes wrong prints one
+# `vmlab-init: ...` line on the console and powers off.
 export PATH=/bin
 BB=/bin/busybox
 
@@ -53,6 +54,22 @@ $BB mkdir -p /newroot
 # busybox mount resolves LABEL= and UUID= itself, and tries each filesystem type.
 $BB mount -o rw "$root" /newroot || fail "cannot mount the root filesystem $root"
 [ -x "/newroot$init" ] || [ -L "/newroot$init" ] || fail "the image has no $init"
+
+# kernel = "host": the image has no modules for this kernel; they come on a
+# read-only disk (serial vmlab-modules, see machine/modules_disk.py) and appear
+# read-only at /lib/modules/RELEASE in the image, for modprobe, udev, cloud-init.
+for serial in /sys/block/vd*/serial; do
+	[ -e "$serial" ] || continue
+	read -r name <"$serial"
+	[ "$name" = vmlab-modules ] || continue
+	disk=/dev/${serial#/sys/block/}
+	disk=${disk%/serial}
+	lib=/newroot/lib
+	[ -L $lib ] && lib=/newroot/usr/lib # merged /usr: lib -> usr/lib
+	$BB mkdir -p "$lib/modules/$release" || fail "cannot make $lib/modules/$release"
+	$BB mount -t ext4 -o ro "$disk" "$lib/modules/$release" ||
+		fail "cannot mount the kernel's modules ($disk)"
+done
 
 $BB umount /proc /sys
 $BB mount --move /dev /newroot/dev || fail "cannot move /dev"

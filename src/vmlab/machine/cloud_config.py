@@ -5,8 +5,9 @@
 - `user-data`: a `#cloud-config` document. The user's own cloud-config (a YAML
   file, or an inline table of the lab file) comes first; vmlab adds only what
   it needs: its user (default `vmlab`) with passwordless sudo and the lab's
-  public key, the same key for root, no password logins, /etc/hosts naming the
-  lab's machines, and a `final_message` vmlab waits for on the console. Nothing
+  public key, the same key for root, no password logins, the image's own locale
+  left alone (`locale: false`), /etc/hosts naming the lab's machines, and a
+  `final_message` vmlab waits for on the console. Nothing
   here makes cloud-init touch the network (no package_update, no apt mirrors):
   a boot stays as fast as the image allows unless the user asks for more.
 - `meta-data`: the instance id (a new one makes cloud-init run its per-instance
@@ -303,6 +304,11 @@ def user_data(req: SeedRequest) -> tuple[bytes, str]:
     doc["ssh_authorized_keys"] = keys
     doc.setdefault("disable_root", False)
     doc.setdefault("ssh_pwauth", False)
+    # cloud-init's locale module otherwise sets en_US.UTF-8, which Debian images
+    # have not generated (locale-gen lists none by default): update-locale fails,
+    # cloud-config.service fails, and systemd reports the machine "degraded".
+    # The image's own locale stays; a user_data `locale` of theirs is applied.
+    doc.setdefault("locale", False)
     if req.hosts:
         manage = doc.get("manage_etc_hosts", False)
         if manage is True or manage == "template":

@@ -9,10 +9,13 @@
 It boots from a throwaway qcow2 overlay on the image (the base is never
 written); a built image's own kernel is booted directly through PVH with a
 tiny initramfs that mounts the root disk and hands over to systemd (no
-bootloader, no distribution initrd). A NoCloud seed ISO carries the lab's key
-and the ready marker; ready means that marker on the console and then SSH
-answering, each stage bounded. QEMU writes the console log itself (so the log
-is whole even with nobody attached); vmlab follows the file.
+bootloader, no distribution initrd). An image the user brings boots through
+SeaBIOS and its own bootloader. With the host's kernel (`kernel = "host"`),
+that kernel's modules come along on a read-only disk (modules_disk.py). A
+NoCloud seed ISO carries the lab's key and the ready marker; ready means that
+marker on the console and then SSH answering, each stage bounded. QEMU
+writes the console log itself (so the log is whole even with nobody
+attached); vmlab follows the file.
 
 Snapshots are QEMU internal snapshots in the overlay (savevm/loadvm). They
 survive QEMU: after a crash, `restore_snapshot` starts a new QEMU on the same
@@ -41,6 +44,8 @@ from vmlab.machine.cloud_config import Nic, Seed, SeedRequest, build_seed, ready
 from vmlab.machine.initramfs import build_initramfs
 from vmlab.machine.kernel import BootableKernel, bootable, inspect_kernel
 from vmlab.machine.lab_keys import LabKey, lab_key
+from vmlab.machine.modules_disk import SERIAL as MODULES_SERIAL
+from vmlab.machine.modules_disk import modules_disk
 from vmlab.machine.qemu import (
     OWNER_FILE,
     MachineState,
@@ -80,6 +85,9 @@ class DiskBoot:
     accel: Accel
     accel_notice: str | None
     key: LabKey
+    # kernel = "host": that kernel's modules as a read-only disk (modules_disk.py),
+    # mounted at /lib/modules/RELEASE in the image by the image initramfs
+    modules_disk: Path | None = None
 
 
 def image_format(path: Path) -> str:
@@ -142,8 +150,12 @@ async def prepare_disk_boot(spec: MachineSpec) -> DiskBoot:
     initrd = None
     if kernel is not None and modules_root is not None:
         initrd = await asyncio.to_thread(build_initramfs, modules_root, (), for_image=True)
+    modules = None
+    if disk.kernel is KernelSource.HOST:
+        # The image has no modules for the host's kernel: bring them along.
+        modules = await asyncio.to_thread(modules_disk, host.modules_root)
     key = await asyncio.to_thread(lab_key, disk.lab_dir)
-    return DiskBoot(base, fmt, kernel, initrd, host.accel, host.accel_notice, key)
+    return DiskBoot(base, fmt, kernel, initrd, host.accel, host.accel_notice, key, modules)
 
 
 def image_cmdline(spec: MachineSpec) -> str:
@@ -188,6 +200,12 @@ def build_image_argv(
         "-netdev", f"user,id=user0{restrict},hostfwd=tcp:127.0.0.1:{ssh_port}-:22",
         "-device", f"virtio-net-pci,netdev=user0,mac={USER_MAC}",
     ]  # fmt: skip
+    if boot.modules_disk is not None:  # read-only: savevm leaves it out, as the seed
+        argv += [
+            "-drive",
+            f"file={option_path(boot.modules_disk)},if=none,id=modules,format=raw,readonly=on",
+            "-device", f"virtio-blk-pci,drive=modules,serial={MODULES_SERIAL}",
+        ]  # fmt: skip
     if boot.kernel is not None and boot.initrd is not None:
         argv += [
             "-kernel", str(boot.kernel.boot_path), "-initrd", str(boot.initrd),
@@ -333,8 +351,15 @@ class ImageMachine(QemuMachine):
             tail = self.console.tail(15)
             if not tail:
                 stage = "the kernel printed nothing on the console"
+                if self.disk_boot is not None and self.disk_boot.kernel is None:
+                    stage += " (an image you bring needs console=ttyS0 on its kernel command line)"
             elif not any("systemd" in line or "cloud-init" in line for line in tail):
                 stage = "the image's init did not start"
+            elif any("Used fallback datasource" in line for line in self.console.tail(200)):
+                stage = (
+                    "cloud-init did not find vmlab's NoCloud seed (an ISO 9660 disk "
+                    "labelled cidata: does the kernel have iso9660?)"
+                )
             else:
                 stage = f"cloud-init did not print its ready line ({ready_text!r})"
             raise BootError(
