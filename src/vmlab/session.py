@@ -21,7 +21,7 @@ from pathlib import Path
 
 from vmlab.config_specs import MachineConfig, Safety, TestFormat, TestSpec
 from vmlab.errors import CommandTimeout, GuestCrashed, GuestHung, VmlabError
-from vmlab.guest.channel import Command
+from vmlab.guest.channel import ROOT_ENV, Command
 from vmlab.machine.ansible import InventoryHost, failure_line, run_playbook
 from vmlab.machine.image_machine import DiskBoot, ImageMachine, lab_tarball
 from vmlab.machine.qemu import BootImage, QemuMachine
@@ -34,7 +34,6 @@ from vmlab.results.model import CrashInfo, Outcome, TestResult, VmSpec
 from vmlab.watch.aftermath import Aftermath, Probe, judge, parse_probe, probe_command
 from vmlab.watch.crashes import Crash
 
-GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 TAIL_BYTES = 4000
 # A kernel warning fails a `monitored` test (the first line of a WARN_ON report).
 _KERNEL_WARNING = re.compile(r"(WARNING: CPU: \d+ PID: \d+ at |------------\[ cut here \]|BUG: )")
@@ -310,7 +309,7 @@ class Session:
             self._warnings.append(line.strip())
 
     def _env(self, test_env: tuple[tuple[str, str], ...]) -> dict[str, str]:
-        env = {"PATH": GUEST_PATH, "HOME": "/root", "USER": "root", "LOGNAME": "root"}
+        env = dict(ROOT_ENV)
         env.update(dict(self.machine.spec.env))
         env.update(dict(test_env))
         return env

@@ -210,6 +210,13 @@ def test_ssh_script_reports_a_missing_command_and_a_missing_cwd(tmp_path: Path) 
 
     missing = run(Command(argv=("no-such-command-xyz",)))
     assert missing.returncode == 127 and "vmlab:notfound" in missing.stderr
+    # Without PATH in its env, a program is looked up where `env -i` will look
+    # when it execs (/usr/bin:/bin), as on host-root machines: modprobe, in
+    # /usr/sbin, is not found there; with a PATH that has /usr/sbin it is.
+    sbin = run(Command(argv=("modprobe", "--version")))
+    assert sbin.returncode == 127 and "vmlab:notfound" in sbin.stderr
+    found = run(Command(argv=("modprobe", "--version"), env={"PATH": "/usr/sbin:/usr/bin"}))
+    assert found.returncode == 0 and "kmod" in found.stdout
     nocwd = run(Command(shell="true", cwd=str(tmp_path / "nope")))
     assert nocwd.returncode == 126 and "vmlab:nocwd" in nocwd.stderr
     user = ssh_script(Command(shell="id -u", user=User(1000, 1000)), "j")

@@ -30,6 +30,7 @@ from vmlab.cli.image_cmd import build_machine_images
 from vmlab.cli.runner import error_line
 from vmlab.config_specs import LAB_FILE, Lab, MachineConfig
 from vmlab.errors import ExitCode, HostError, InfraError, UsageError, VmlabError
+from vmlab.guest.channel import ROOT_ENV
 from vmlab.machine.ansible import InventoryHost, inventory_yaml
 from vmlab.machine.records import (
     AdoptedProcess,
@@ -535,10 +536,7 @@ def ssh_login(lab_path: Path, name: str) -> int:
 
 
 GUEST_ENV = {
-    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-    "HOME": "/root",
-    "USER": "root",
-    "LOGNAME": "root",
+    **ROOT_ENV,
     "LANG": "C.UTF-8",
 }
 

@@ -12,6 +12,19 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol
 
+# The PATH a command gets from vmlab (sessions, `vmlab ssh`, copies), and root's
+# login environment around it.
+GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+ROOT_ENV: Mapping[str, str] = {
+    "PATH": GUEST_PATH,
+    "HOME": "/root",
+    "USER": "root",
+    "LOGNAME": "root",
+}
+# Where an argv command whose env has no PATH is looked up (execvp's default),
+# on either channel.
+EXEC_PATH = "/usr/bin:/bin"
+
 OutputSink = Callable[[bytes], None]
 Stdin = bytes | BinaryIO | None
 

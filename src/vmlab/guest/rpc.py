@@ -63,7 +63,7 @@ from vmlab.errors import (
     UsageError,
     VmlabError,
 )
-from vmlab.guest.channel import Command, CommandResult
+from vmlab.guest.channel import ROOT_ENV, Command, CommandResult
 from vmlab.guest.copying import host_absolute, host_source
 
 if TYPE_CHECKING:
@@ -71,13 +71,7 @@ if TYPE_CHECKING:
 
 PROTOCOL = 1
 MAX_REQUEST = 512 << 20  # bytes in one request line (stdin travels in it)
-GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-BASE_ENV: Mapping[str, str] = {
-    "PATH": GUEST_PATH,
-    "HOME": "/root",
-    "USER": "root",
-    "LOGNAME": "root",
-}
+BASE_ENV: Mapping[str, str] = ROOT_ENV
 INTERRUPT_GRACE = 5.0  # seconds a command gets to end after its client hung up
 
 JsonObject = dict[str, Any]

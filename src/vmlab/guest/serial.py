@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
 from vmlab.errors import CommandNotFound, GuestError, InfraError
-from vmlab.guest.channel import Command, CommandResult, OutputSink, Stdin
+from vmlab.guest.channel import EXEC_PATH, Command, CommandResult, OutputSink, Stdin
 
 AGENT_DIR = "/run/vmlab"
 SETPRIV = "/usr/bin/setpriv"
@@ -69,7 +69,7 @@ def job_script(command: Command) -> str:
         return "\n".join(lines) + "\n"
     # Found by a PATH walk, not `command -v`: busybox's shell would name its
     # own applets (ls, cat, ...) where the host's programs are meant.
-    path = command.env.get("PATH", "/usr/bin:/bin")
+    path = command.env.get("PATH", EXEC_PATH)
     argv0, args = command.argv[0], " ".join(map(q, command.argv[1:]))
     lines.append(f"vmlab_find() {{ {_FIND_IN_PATH} }}")
     lines.append(

@@ -24,12 +24,11 @@ import asyncssh
 
 from vmlab.errors import CommandNotFound, GuestError, InfraError
 from vmlab.guest import sftp_copy
-from vmlab.guest.channel import Command, CommandResult, OutputSink, Stdin
+from vmlab.guest.channel import EXEC_PATH, Command, CommandResult, OutputSink, Stdin
 from vmlab.guest.copying import Copied
 from vmlab.guest.serial import _once, _threaded_reader
 
 JOB_DIR = "/run/vmlab"
-_DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _NOT_FOUND = "\x1evmlab:notfound\x1e"
 _NO_CWD = "\x1evmlab:nocwd\x1e"
 
@@ -48,9 +47,8 @@ def ssh_script(command: Command, job: str) -> str:
         target = " ".join([*prefix, "/bin/sh", "-c", q(command.shell)])
         check = ""
     else:
-        path = command.env.get(
-            "PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-        )
+        # Looked up as `env -i` will when it execs: the command's PATH, else execvp's.
+        path = command.env.get("PATH", EXEC_PATH)
         check = (
             f"PATH={q(path)} command -v {q(command.argv[0])} >/dev/null 2>&1 || "
             f"{{ printf %s {q(_NOT_FOUND)} >&2; exit 127; }}; "

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from vmlab.errors import CommandTimeout, GuestPathError, InfraError, UsageError
-from vmlab.guest.channel import Command, CommandResult, OutputSink, Stdin
+from vmlab.guest.channel import GUEST_PATH, Command, CommandResult, OutputSink, Stdin
 from vmlab.guest.copying import (
     STAGE_PREFIX,
     STAGED,
@@ -37,7 +37,7 @@ from vmlab.guest.copying import (
     resolve_target,
 )
 
-ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
+ENV = {"PATH": GUEST_PATH, "LC_ALL": "C"}
 MARK = "\x1e"  # starts the script's own error line: MARK path MARK why
 CLEANUP_TIMEOUT = 30.0
 
