@@ -10,7 +10,6 @@ build takes a minute or two) since none can be downloaded here.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -21,9 +20,10 @@ from vmlab.errors import CommandNotFound, GuestCrashed
 from vmlab.guest.channel import Command
 from vmlab.guest.ssh import SshChannel
 from vmlab.machine.image_machine import ImageMachine
-from vmlab.machine.spec import Accel, DiskSpec, KernelSource, MachineSpec
+from vmlab.machine.spec import DiskSpec, KernelSource
 
 from .brought_image import BroughtImage, ensure_brought_image
+from .images import booted
 
 pytestmark = [pytest.mark.vm, pytest.mark.timeout(1200)]
 
@@ -42,25 +42,9 @@ def lab_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def vm(brought: BroughtImage, lab_dir: Path) -> AsyncIterator[ImageMachine]:
-    spec = MachineSpec(
-        name=NAME,
-        memory_mib=1024,
-        accel=Accel.TCG,
-        disk=DiskSpec(image=brought.path, lab_dir=lab_dir, kernel=KernelSource.IMAGE),
-    )
-    machine = ImageMachine(spec, console_log=lab_dir / "console.log")
-    async with machine:
+    disk = DiskSpec(image=brought.path, lab_dir=lab_dir, kernel=KernelSource.IMAGE)
+    async with booted(NAME, disk) as machine:
         yield machine
-    # Stopped: nothing of it is left.
-    assert machine.pid is None and machine.runtime_dir is None
-    assert not any(f"vmlab-{NAME}\0" in _cmdline(p) for p in os.listdir("/proc") if p.isdigit())
-
-
-def _cmdline(pid: str) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-    except OSError:
-        return ""
 
 
 @pytest.mark.asyncio(loop_scope="module")

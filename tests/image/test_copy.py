@@ -33,9 +33,9 @@ from vmlab.guest.channel import Command
 from vmlab.guest.ssh import SshChannel
 from vmlab.machine.image_build import BuiltImage
 from vmlab.machine.image_machine import ImageMachine
-from vmlab.machine.spec import Accel, DiskSpec, MachineSpec
+from vmlab.machine.spec import DiskSpec
 
-from .images import TEST_IMAGE_SPEC
+from .images import TEST_IMAGE_SPEC, booted
 
 pytestmark = [pytest.mark.vm, pytest.mark.timeout(900)]
 
@@ -50,16 +50,9 @@ def lab_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def vm(built_image: BuiltImage, lab_dir: Path) -> AsyncIterator[ImageMachine]:
     assert built_image.base.exists()
-    spec = MachineSpec(
-        name="copytest",
-        memory_mib=512,
-        accel=Accel.TCG,
-        disk=DiskSpec(image=TEST_IMAGE_SPEC, lab_dir=lab_dir),
-    )
-    machine = ImageMachine(spec, console_log=lab_dir / "console.log")
-    async with machine:
+    disk = DiskSpec(image=TEST_IMAGE_SPEC, lab_dir=lab_dir)
+    async with booted("copytest", disk, memory_mib=512) as machine:
         yield machine
-    assert machine.pid is None and machine.runtime_dir is None  # nothing of it is left
 
 
 async def out(vm: ImageMachine, script: str) -> str:

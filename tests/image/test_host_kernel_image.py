@@ -9,7 +9,6 @@ work in the guest.
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -20,9 +19,9 @@ from vmlab.guest.channel import Command
 from vmlab.machine.image_build import BuiltImage
 from vmlab.machine.image_machine import ImageMachine
 from vmlab.machine.kernel import find_default_kernel
-from vmlab.machine.spec import Accel, DiskSpec, KernelSource, MachineSpec
+from vmlab.machine.spec import DiskSpec, KernelSource
 
-from .images import TEST_IMAGE_SPEC
+from .images import TEST_IMAGE_SPEC, booted
 
 pytestmark = [pytest.mark.vm, pytest.mark.timeout(900)]
 
@@ -44,24 +43,9 @@ def lab_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def vm(built_image: BuiltImage, lab_dir: Path) -> AsyncIterator[ImageMachine]:
     assert built_image.base.exists()
-    spec = MachineSpec(
-        name=NAME,
-        memory_mib=1024,
-        accel=Accel.TCG,
-        disk=DiskSpec(image=TEST_IMAGE_SPEC, lab_dir=lab_dir, kernel=KernelSource.HOST),
-    )
-    machine = ImageMachine(spec, console_log=lab_dir / "console.log")
-    async with machine:
+    disk = DiskSpec(image=TEST_IMAGE_SPEC, lab_dir=lab_dir, kernel=KernelSource.HOST)
+    async with booted(NAME, disk) as machine:
         yield machine
-    assert machine.pid is None and machine.runtime_dir is None
-    assert not any(f"vmlab-{NAME}\0" in _cmdline(p) for p in os.listdir("/proc") if p.isdigit())
-
-
-def _cmdline(pid: str) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-    except OSError:
-        return ""
 
 
 @pytest.mark.asyncio(loop_scope="module")

@@ -8,7 +8,6 @@ SSH on a forwarded loopback port.
 
 from __future__ import annotations
 
-import os
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,9 +19,9 @@ from vmlab.errors import CommandNotFound, CommandTimeout, GuestCrashed
 from vmlab.guest.channel import Command
 from vmlab.machine.image_build import BuiltImage
 from vmlab.machine.image_machine import ImageMachine
-from vmlab.machine.spec import Accel, DiskSpec, MachineSpec
+from vmlab.machine.spec import DiskSpec
 
-from .images import TEST_IMAGE_SPEC
+from .images import TEST_IMAGE_SPEC, booted
 
 pytestmark = [pytest.mark.vm, pytest.mark.timeout(900)]
 
@@ -35,25 +34,9 @@ def lab_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def vm(built_image: BuiltImage, lab_dir: Path) -> AsyncIterator[ImageMachine]:
     assert built_image.base.exists()
-    spec = MachineSpec(
-        name="imgtest",
-        memory_mib=1024,
-        accel=Accel.TCG,
-        disk=DiskSpec(image=TEST_IMAGE_SPEC, lab_dir=lab_dir),
-    )
-    machine = ImageMachine(spec, console_log=lab_dir / "console.log")
-    async with machine:
+    disk = DiskSpec(image=TEST_IMAGE_SPEC, lab_dir=lab_dir)
+    async with booted("imgtest", disk) as machine:
         yield machine
-    # Stopped: nothing of it is left.
-    assert machine.pid is None and machine.runtime_dir is None
-    assert not any("vmlab-imgtest" in _cmdline(pid) for pid in os.listdir("/proc") if pid.isdigit())
-
-
-def _cmdline(pid: str) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-    except OSError:
-        return ""
 
 
 @pytest.mark.asyncio(loop_scope="module")
