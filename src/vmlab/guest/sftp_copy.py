@@ -26,6 +26,7 @@ from vmlab.guest.copying import (
     host_source,
     into_place,
     kind_of,
+    quietly,
     resolve_target,
     stage_path,
 )
@@ -183,6 +184,9 @@ class SftpTree:
             await self._sftp.mkdir(path, SFTPAttrs(permissions=0o700))
         except SFTPError as exc:
             raise await self.failed(exc, "write", posixpath.join(parent, "")) from None
+        except BaseException:  # cancelled with the mkdir sent: the guest may have made it
+            await quietly(self.remove(path))
+            raise
         return path
 
     async def unlock(self, path: str) -> None:
