@@ -145,6 +145,19 @@ async def check_bad_paths(vm: QemuMachine, tmp_path: Path, home: str) -> None:
     assert await _out(vm, leftovers) == "/mnt/full:\nbig.bin\n\n/mnt/ro:\n"
 
 
+async def check_tree_in_guest(vm: QemuMachine, path: str) -> None:
+    """make_tree's tree, copied to `path` in the guest, as the guest sees it:
+    modes, owner root, mtimes, a symlink kept, the FIFO skipped, a script runs."""
+    listing = await _out(vm, f"cd {path} && stat -c '%n %a %U %Y' run.sh suid ro sub/deep")
+    assert listing.split("\n")[:-1] == [
+        f"run.sh 755 root {OLD}", f"suid 4755 root {OLD}", f"ro 555 root {OLD}",
+        f"sub/deep 700 root {OLD}",
+    ]  # fmt: skip
+    links = f"readlink {path}/sub/link; test -e {path}/pipe || echo no-pipe"
+    assert await _out(vm, links) == "../bin.dat\nno-pipe\n"
+    assert await _out(vm, f"{path}/run.sh") == "ran\n"
+
+
 async def _out(vm: QemuMachine, script: str) -> str:
     command = Command(argv=("sh", "-c", script), env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
     result = await vm.run(command)

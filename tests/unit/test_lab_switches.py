@@ -27,6 +27,7 @@ from vmlab.cli import lifecycle_cmd
 from vmlab.errors import UsageError
 from vmlab.machine.records import MachineRecord, write_record
 from vmlab.machine.spec import MachineSpec, NicSpec
+from vmlab.machine.subprocess_util import pid_exists
 from vmlab.net.addresses import NetworkMember, NetworkSpec
 from vmlab.net.lab_switches import (
     ensure_switches,
@@ -77,14 +78,6 @@ def _machine_on(lab: Path, name: str, pid: int, networks: tuple[str, ...]) -> Ma
     )  # fmt: skip
     write_record(record)
     return record
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 @pytest.mark.usefixtures("cleanup")
@@ -141,9 +134,9 @@ async def test_down_keeps_a_switch_a_running_machine_is_on_and_stops_it_with_the
     out = capsys.readouterr().out
     assert "a: stopped" in out and "network lan: switch stopped" in out
     deadline = time.monotonic() + 10
-    while _alive(pid) and time.monotonic() < deadline:
+    while pid_exists(pid) and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
-    assert not _alive(pid)
+    assert not pid_exists(pid)
     assert list_switches(lab) == []
     assert not switches["lan"].directory.exists()
 
@@ -189,7 +182,7 @@ async def test_a_dead_switch_whose_directory_is_gone_is_replaced(lab: Path) -> N
 def _kill(pid: int) -> None:
     os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 10
-    while _alive(pid) and time.monotonic() < deadline:
+    while pid_exists(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
 
 
